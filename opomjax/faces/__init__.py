@@ -1,0 +1,1 @@
+"""opomjax.faces."""

@@ -1,0 +1,47 @@
+"""Names -> models. ``load_model`` gives differentiable surrogates, ``load_target`` black-box targets.
+
+Each entry maps a name to ``"module:builder"``; the builder takes ``weights=None`` (a path, or None for the
+registered default / random initialisation) plus keyword options and returns a :class:`FaceModel`.
+The modules are imported only when their model is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from opomjax.models import base
+
+#: name -> "module:builder"; the module owning an architecture adds its names here.
+MODEL_BUILDERS: dict[str, str] = {}
+
+#: name -> "module:builder" for black-box targets (no gradients).
+TARGET_BUILDERS: dict[str, str] = {}
+
+
+def _resolve(spec: str):
+  module, fn = spec.split(":")
+  return getattr(importlib.import_module(module), fn)
+
+
+def available_models() -> list[str]:
+  return sorted(MODEL_BUILDERS)
+
+
+def load_model(name: str, weights: str | os.PathLike | None = None, **options) -> base.FaceModel:
+  """A differentiable face model by registry name (or an ONNX file path as white-box surrogate)."""
+  if name not in MODEL_BUILDERS:
+    if str(name).endswith(".onnx"):
+      return _resolve("opomjax.models.onnx_jax:load_onnx_model")(name, **options)
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(available_models())}")
+  return _resolve(MODEL_BUILDERS[name])(weights=weights, **options)
+
+
+def load_target(name_or_path: str | os.PathLike, **options):
+  """A model to evaluate against: a black-box target name, an ONNX path, or any surrogate name."""
+  name = str(name_or_path)
+  if name in TARGET_BUILDERS:
+    return _resolve(TARGET_BUILDERS[name])(**options)
+  if name.endswith(".onnx"):
+    return _resolve("opomjax.models.onnx_target:load_onnx_target")(name, **options)
+  return load_model(name, **options)
