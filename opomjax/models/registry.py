@@ -13,10 +13,23 @@ import os
 from opomjax.models import base
 
 #: name -> "module:builder"; the module owning an architecture adds its names here.
-MODEL_BUILDERS: dict[str, str] = {}
+MODEL_BUILDERS: dict[str, str] = {
+    "dlib_resnet": "opomjax.models.dlib_resnet:build_dlib_resnet",
+    "sface": "opomjax.models.onnx_jax:build_sface",
+    "ir50": "opomjax.models.iresnet:build_ir50",
+    "ir100": "opomjax.models.iresnet:build_ir100",
+    "ir152": "opomjax.models.iresnet:build_ir152",
+    "ir_se50": "opomjax.models.iresnet:build_ir_se50",
+    "iresnet50": "opomjax.models.iresnet:build_iresnet50",
+    "iresnet100": "opomjax.models.iresnet:build_iresnet100",
+    "mobilefacenet": "opomjax.models.mobilefacenet:build_mobilefacenet",
+    "inception_resnet_v1": "opomjax.models.inception_resnet_v1:build_inception_resnet_v1",
+}
 
 #: name -> "module:builder" for black-box targets (no gradients).
-TARGET_BUILDERS: dict[str, str] = {}
+TARGET_BUILDERS: dict[str, str] = {
+    "sface_onnx": "opomjax.models.onnx_target:build_sface_target",
+}
 
 
 def _resolve(spec: str):
