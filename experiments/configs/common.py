@@ -1,0 +1,62 @@
+"""Shared pieces of the experiment configs (ml_collections ConfigDicts).
+
+Variants (the ``:ARG`` after a config file name): ``dlib`` (surrogate dlib ResNet), ``sface`` (surrogate SFace in
+JAX), each optionally with ``_mdfa`` (momentum + DFANet, the paper's Table 4/5 setting: 100 steps, μ = 1.0,
+dropout 0.1), and ``_full`` (all 62 Privacy-LFW identities; default: the first 10), e.g. ``sface_mdfa_full``.
+"""
+
+import ml_collections
+
+SURROGATES = {"dlib": "dlib_resnet", "sface": "sface"}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Paper defaults: ε = 8, step 1, 16 steps, 10 training images per identity; Privacy-LFW."""
+  config = ml_collections.ConfigDict()
+  config.methods = "opom-convex"
+  config.surrogate = "dlib_resnet"
+  config.targets = "dlib_resnet,sface_onnx"
+  config.epsilon = 8.0
+  config.step_size = 1.0
+  config.steps = 16
+  config.momentum = 0.0  # 0: plain signed gradient; > 0: decay μ of Eq. 14
+  config.dropout = 0.0  # DFANet dropout rate (Eq. 15); 0 disables it
+  config.lower = 0.0  # reduced convex hull bounds (opom-convex)
+  config.upper = 1.0
+  config.seed = 0
+  config.group_size = 8  # identities vmapped together
+  config.parallel = "none"  # or "pmap" / "shard_map": spread each group over the local devices
+  config.eval_batch_size = 64
+  config.feature_cache = ""  # default: <workdir>/features
+  config.distributed = False  # multi-host: jax.distributed.initialize()
+  config.coordinator_address = ""  # only for hand-started processes (e.g. two on localhost)
+  config.num_processes = 1
+  config.process_id = 0
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "privacy_lfw"
+  config.dataset.lfw_dir = ""  # default: $OPOMJAX_LFW_DIR
+  config.dataset.data_dir = ""  # prepared chips; default: $OPOMJAX_DATA_DIR or ~/.cache/opomjax
+  config.dataset.num_identities = 10  # 0: all 62 Privacy-LFW identities
+  config.dataset.images_per_split = 2  # synthetic data set only
+  return config
+
+
+def method_config(methods: str, arg: str = "dlib") -> ml_collections.ConfigDict:
+  """The config of one paper-table row: ``methods`` with the variant ``arg`` (see module docstring)."""
+  parts = arg.split("_") if arg else ["dlib"]
+  if parts[0] not in SURROGATES:
+    raise ValueError(f"config variant {arg!r} must start with one of {sorted(SURROGATES)}")
+  unknown = set(parts[1:]) - {"mdfa", "full"}
+  if unknown:
+    raise ValueError(f"unknown config variant part(s) {sorted(unknown)} in {arg!r}")
+  config = base_config()
+  config.methods = methods
+  config.surrogate = SURROGATES[parts[0]]
+  if "mdfa" in parts:
+    config.steps = 100
+    config.momentum = 1.0
+    config.dropout = 0.1
+  if "full" in parts:
+    config.dataset.num_identities = 0
+  return config

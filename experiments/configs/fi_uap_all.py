@@ -1,0 +1,16 @@
+r"""FI-UAP-all (one mask for all identities) on Privacy-LFW.
+
+  python -m experiments.run --config=experiments/configs/fi_uap_all.py:dlib --workdir=runs/privacy_lfw
+  python -m experiments.run --config=experiments/configs/fi_uap_all.py:dlib_full --workdir=runs/privacy_lfw
+  python -m experiments.run --config=experiments/configs/fi_uap_all.py:sface_full --workdir=runs/privacy_lfw
+  python -m experiments.run --config=experiments/configs/fi_uap_all.py:dlib_mdfa_full --workdir=runs/privacy_lfw
+  python -m experiments.run --config=experiments/configs/fi_uap_all.py:sface_mdfa_full --workdir=runs/privacy_lfw
+
+Cost on a 2-core CPU: see the timing table in docs/results/README.md (COST_PLACEHOLDER).
+"""
+
+from experiments.configs import common
+
+
+def get_config(arg: str = "dlib"):
+  return common.method_config("fi-uap-all", arg)

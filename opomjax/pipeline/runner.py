@@ -1,0 +1,294 @@
+"""Resumable, multi-device, multi-host mask generation and evaluation over a protocol's identities.
+
+Layout under a ``workdir``::
+
+    workdir/masks/<identity>.npz        one mask per identity (written atomically when it is finished)
+    workdir/generation.json             wall time spent generating (summed over resumed runs)
+
+The launchers put each method of a config in its own ``workdir/<method>-<surrogate>[-mdfa]/`` and write the
+results tables at the top of ``workdir``; clean features are cached in ``workdir/features/`` (or
+``config.feature_cache``).
+
+Identities are processed in fixed groups of ``config.group_size`` (vmapped, and spread over the local devices
+with ``config.parallel``); group ``g`` uses the key ``fold_in(PRNGKey(seed), g)``, so a mask does not depend on
+how often a run was interrupted. On several hosts, group ``g`` belongs to process ``g % process_count``.
+A group whose masks all exist is skipped, which is what makes a killed run resumable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+import opomjax
+from opomjax import frame as frame_lib
+from opomjax.pipeline import features as features_lib
+from opomjax.pipeline import masks as masks_lib
+from opomjax.pipeline import reports
+
+log = logging.getLogger("opomjax")
+
+#: Method names accepted in configs, in the order the paper's tables list them.
+METHODS = ("fi-uap", "fi-uap+", "fi-uap-all", "gd-uap", "opom-affine", "opom-center", "opom-convex")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticProtocol:
+  """Random-noise "identities" in the canonical frame: exercises the pipeline without any data set."""
+
+  names: list
+  train: np.ndarray
+  test: np.ndarray
+  distractors: np.ndarray
+  frame_name: str = frame_lib.CANONICAL.name
+
+
+def synthetic_protocol(num_identities: int, images_per_split: int = 2, num_distractors: int = 8, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  h, w = frame_lib.CANONICAL.size
+  draw = lambda *shape: rng.integers(0, 256, shape + (h, w, 3), dtype=np.uint8)
+  return SyntheticProtocol(
+      names=[f"synthetic_{i:04d}" for i in range(num_identities)],
+      train=draw(num_identities, images_per_split),
+      test=draw(num_identities, images_per_split),
+      distractors=draw(num_distractors),
+  )
+
+
+def load_protocol(dataset_config):
+  """The protocol a config's ``dataset`` block names (``synthetic`` or any of ``opomjax.data``'s)."""
+  name = dataset_config.name
+  num = dataset_config.get("num_identities") or None
+  if name == "synthetic":
+    return synthetic_protocol(num or 4, dataset_config.get("images_per_split", 2))
+  from opomjax import data
+
+  kwargs = {}
+  for field in ("lfw_dir", "data_dir", "root"):
+    if dataset_config.get(field):
+      kwargs[field] = dataset_config.get(field)
+  return data.load_protocol(name, num_identities=num, **kwargs)
+
+
+def method_names(config) -> list[str]:
+  names = [m.strip() for m in str(config.methods).split(",") if m.strip()]
+  unknown = [m for m in names if m not in METHODS]
+  if unknown or not names:
+    raise ValueError(f"config.methods has unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+  return names
+
+
+def uses_mdfa(config) -> bool:
+  return bool(config.momentum) or config.dropout > 0
+
+
+def run_name(method: str, config) -> str:
+  """E.g. ``opom-convex-dlib_resnet`` or ``opom-convex-dlib_resnet-mdfa`` (momentum + DFANet)."""
+  return f"{method}-{config.surrogate}" + ("-mdfa" if uses_mdfa(config) else "")
+
+
+def identity_groups(num_identities: int, group_size: int) -> list[np.ndarray]:
+  if group_size <= 0:
+    raise ValueError(f"group_size must be positive, got {group_size}")
+  return [np.arange(s, min(s + group_size, num_identities)) for s in range(0, num_identities, group_size)]
+
+
+def groups_of_process(groups: list, process_index: int, process_count: int) -> list[tuple[int, np.ndarray]]:
+  """The groups process ``process_index`` of ``process_count`` owns: group g goes to g % process_count."""
+  return [(g, idx) for g, idx in enumerate(groups) if g % process_count == process_index]
+
+
+def surrogate_fns(model, config):
+  """(embed_fn, activations_fn) for the surrogate; DFANet dropout only when ``config.dropout > 0``."""
+  model = dataclasses.replace(model, dropout_rate=float(config.dropout))
+  if config.dropout > 0:
+    embed_fn = model.embed
+  else:
+    embed_fn = lambda images, key=None: model.embed(images)
+  return embed_fn, model.activations
+
+
+def generate(config, protocol, model, workdir, *, method: str, show_progress: bool = True) -> dict:
+  """Generates the masks of ``method`` this process owns that are not on disk yet; returns a summary."""
+  workdir = pathlib.Path(workdir)
+  names = list(protocol.names)
+  k = len(names)
+  group_size = k if method == "fi-uap-all" else int(config.group_size)
+  groups = groups_of_process(identity_groups(k, group_size), jax.process_index(), jax.process_count())
+  embed_fn, activations_fn = surrogate_fns(model, config)
+  metadata = dict(
+      frame=protocol.frame_name, epsilon=float(config.epsilon), method=method, surrogate=config.surrogate,
+      steps=int(config.steps), seed=int(config.seed), step_size=float(config.step_size),
+      momentum=float(config.momentum or 0.0), dropout=float(config.dropout),
+      lower=float(config.lower), upper=float(config.upper), group_size=group_size,
+  )
+  mine = sum(len(idx) for _, idx in groups)
+  done = sum(masks_lib.is_complete(masks_lib.mask_path(workdir, names[i])) for _, idx in groups for i in idx)
+  bar = tqdm(total=mine, initial=done, desc=f"{method} masks", unit="id", disable=not show_progress)
+  start, generated = time.time(), 0
+  for g, idx in groups:
+    pending = [i for i in idx if not masks_lib.is_complete(masks_lib.mask_path(workdir, names[i]))]
+    if not pending:
+      continue
+    masks = opomjax.generate_masks(
+        embed_fn,
+        jnp.asarray(protocol.train[idx], jnp.float32),
+        method=method,
+        key=jax.random.fold_in(jax.random.PRNGKey(config.seed), g),
+        epsilon=float(config.epsilon),
+        step_size=float(config.step_size),
+        steps=int(config.steps),
+        momentum=float(config.momentum) if config.momentum else None,
+        lower=float(config.lower),
+        upper=float(config.upper),
+        activations_fn=activations_fn if method == "gd-uap" else None,
+        parallel=None if config.parallel in ("", "none", None) else config.parallel,
+    )
+    masks = np.asarray(masks)
+    for row, i in enumerate(idx):
+      if i in pending:
+        masks_lib.save_mask(masks_lib.mask_path(workdir, names[i]), masks[row], {**metadata, "group": g, "process_index": jax.process_index()})
+    generated += len(pending)
+    bar.update(len(pending))
+  bar.close()
+  seconds = time.time() - start
+  timing_path = workdir / f"generation.{jax.process_index()}.json"
+  previous = json.loads(timing_path.read_text())["seconds"] if timing_path.is_file() else 0.0
+  masks_lib.atomic_write_bytes(timing_path, json.dumps({"seconds": previous + seconds}).encode())
+  return {"method": method, "generated": generated, "skipped": mine - generated, "seconds": seconds}
+
+
+def generation_seconds(workdir) -> float:
+  """Wall time spent generating in ``workdir``: the slowest process, summed over resumed runs."""
+  times = [json.loads(p.read_text())["seconds"] for p in pathlib.Path(workdir).glob("generation.*.json")]
+  return max(times, default=0.0)
+
+
+def load_masks(workdir, names) -> np.ndarray:
+  missing = [n for n in names if not masks_lib.mask_path(workdir, n).is_file()]
+  if missing:
+    raise FileNotFoundError(f"{len(missing)} mask(s) missing under {workdir}/masks, e.g. {missing[:3]}")
+  return np.stack([masks_lib.load_mask(masks_lib.mask_path(workdir, n))[0] for n in names])
+
+
+def target_embed(target):
+  """A batched embed function for a target (jitted when the target is a JAX model)."""
+  if isinstance(target, opomjax.FaceModel):
+    return jax.jit(lambda x: target.embed(x))
+  return target.embed
+
+
+def mean_pair_cosine(probe: np.ndarray, gallery: np.ndarray) -> float:
+  """Mean cosine similarity of probe i with gallery j over all ordered pairs i != j of each identity."""
+  sims = np.einsum("kid,kjd->kij", probe, gallery)
+  m = sims.shape[-1]
+  return float(sims[:, ~np.eye(m, dtype=bool)].mean())
+
+
+def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache, *, show_progress=True) -> list:
+  """Protection success rates of the masks in each ``workdirs[method]`` against every target in the config."""
+  rows = []
+  k, m = protocol.test.shape[:2]
+  flat_test = protocol.test.reshape((k * m,) + protocol.test.shape[2:])
+  ks = (1, 5, 10)
+  for target_name in [t.strip() for t in str(config.targets).split(",") if t.strip()]:
+    try:
+      target = opomjax.load_target(target_name)
+    except (FileNotFoundError, ImportError) as e:
+      log.warning("skipping target %s: %s", target_name, e)
+      continue
+    embed = target_embed(target)
+    batch = int(config.eval_batch_size)
+    desc = (lambda what: f"{target_name} {what}") if show_progress else (lambda what: None)
+    clean = cache.get_or_compute(target_name, flat_test, lambda x: features_lib.embed_in_batches(
+        embed, x, batch_size=batch, desc=desc("clean test")))
+    distractors = cache.get_or_compute(target_name, protocol.distractors, lambda x: features_lib.embed_in_batches(
+        embed, x, batch_size=batch, desc=desc("distractors")))
+    clean = clean.reshape(k, m, -1)
+    clean_rates = opomjax.protection_success_rate(clean, clean, distractors, ks=ks)
+    for method, workdir in workdirs.items():
+      masks = np.repeat(load_masks(workdir, protocol.names), m, axis=0)
+      masked = features_lib.embed_in_batches(embed, flat_test, masks=masks, batch_size=batch,
+                                             desc=desc(f"{method} masked")).reshape(k, m, -1)
+      rates = opomjax.protection_success_rate(masked, clean, distractors, ks=ks)
+      rows.append(dict(
+          method=method, surrogate=config.surrogate + ("+mdfa" if uses_mdfa(config) else ""),
+          target=target_name,
+          top1=float(rates[1]), top5=float(rates[5]), top10=float(rates[10]),
+          clean_top1=1.0 - float(clean_rates[1]), clean_top5=1.0 - float(clean_rates[5]),
+          cos_before=mean_pair_cosine(clean, clean), cos_after=mean_pair_cosine(masked, clean),
+          seconds=generation_seconds(workdir),
+      ))
+  return rows
+
+
+def initialize_distributed(config) -> None:
+  """Joins a multi-process run when ``config.distributed`` is set (CPU: gloo collectives). Idempotent."""
+  if not config.get("distributed", False) or jax.distributed.is_initialized():
+    return
+  if jax.default_backend() == "cpu" or config.get("coordinator_address"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if config.get("coordinator_address"):
+    kwargs = dict(coordinator_address=config.coordinator_address, num_processes=int(config.num_processes),
+                  process_id=int(config.process_id))
+  jax.distributed.initialize(**kwargs)
+
+
+def barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def method_workdirs(config, workdir) -> dict:
+  """{method: ``workdir/<run_name>``} for every method in ``config.methods``."""
+  return {method: pathlib.Path(workdir) / run_name(method, config) for method in method_names(config)}
+
+
+def generate_all(config, workdir, *, protocol=None) -> dict:
+  """Generates every method in ``config.methods``; returns {method: its workdir}."""
+  initialize_distributed(config)
+  workdirs = method_workdirs(config, workdir)
+  protocol = protocol or load_protocol(config.dataset)
+  model = opomjax.load_model(config.surrogate)
+  for method, wd in workdirs.items():
+    summary = generate(config, protocol, model, wd, method=method, show_progress=jax.process_index() == 0)
+    log.info("process %d: %s", jax.process_index(), summary)
+  barrier("opomjax-generate")
+  return workdirs
+
+
+def evaluate_all(config, workdirs: dict, results_dir, *, protocol=None) -> list:
+  """Evaluates and writes/merges the result tables in ``results_dir`` (process 0 only)."""
+  if jax.process_index() != 0:
+    return []
+  protocol = protocol or load_protocol(config.dataset)
+  cache = features_lib.FeatureCache(config.get("feature_cache") or pathlib.Path(results_dir) / "features")
+  rows = evaluate(config, protocol, workdirs, cache)
+  rows = reports.merge_rows(reports.read_results(results_dir), rows)
+  reports.write_results(rows, results_dir)
+  reports.bar_chart(rows, pathlib.Path(results_dir) / "results.png")
+  for method, wd in workdirs.items():
+    shown = min(4, len(protocol.names))
+    reports.mask_grid(protocol.test[:shown, 0], load_masks(wd, protocol.names[:shown]), protocol.names[:shown],
+                      pathlib.Path(wd) / "masks.png", epsilon=float(config.epsilon))
+  return rows
+
+
+def run_all(config, workdir) -> list:
+  """``generate_all`` (one sub-folder per method) then ``evaluate_all`` into ``workdir``."""
+  initialize_distributed(config)
+  protocol = load_protocol(config.dataset)
+  workdirs = generate_all(config, workdir, protocol=protocol)
+  return evaluate_all(config, workdirs, workdir, protocol=protocol)
