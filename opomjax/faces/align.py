@@ -1,0 +1,380 @@
+"""Similarity alignment into a face frame, and the way back into the photo.
+
+Coordinates are pixel *index* coordinates, ``(x, y)`` with x to the right and y down, pixel centres on
+integers (the convention of :mod:`opomjax.frame` landmarks). A ``transform`` is a ``(2, 3)`` matrix ``[A | t]``
+mapping a photo point ``p`` to the chip point ``A p + t``; ``A = s R`` is a rotation scaled by ``s`` (no
+reflection).
+
+Sampling is bilinear; a sample whose source point lies outside the source image is 0 (the semantics of
+``scipy.ndimage.map_coordinates(order=1, mode="constant")``). When a photo is shrunk by 2x or more, it is first
+box-averaged by the integer factor ``floor(1 / s)`` so that the chip does not alias.
+
+The way back (:func:`warp_from_frame`, :func:`apply_mask_to_photo`) samples the chip at ``A p + t`` for every
+photo pixel ``p``; the *footprint* of the frame is the set of photo pixels whose chip point lies inside
+``[0, W - 1] x [0, H - 1]``, where bilinear sampling uses chip pixels only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, Union
+
+import numpy as np
+
+from opomjax.faces.detect import Detection, detect_faces
+from opomjax.faces.io import load_photo
+from opomjax.frame import CANONICAL, Frame
+
+#: Faces whose detection box is shorter than this (pixels, shorter side) are refused by :func:`align_photo`.
+DEFAULT_MIN_FACE_SIZE = 32.0
+
+
+class NoFaceError(ValueError):
+  """No usable face in a photo. ``reason`` is ``"no_face"`` or ``"too_small"``."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignedFace:
+  """A face chip and how it was cut out of its photo.
+
+  Attributes:
+    chip: ``(H, W, 3)`` float32 RGB in [0, 255], in ``frame``.
+    transform: ``(2, 3)`` photo -> chip similarity.
+    landmarks: ``(5, 2)`` detected landmarks in photo coordinates.
+    box: ``(4,)`` detection box ``(x0, y0, x1, y1)`` in photo coordinates.
+    score: detector score.
+    frame: the frame of the chip.
+  """
+
+  chip: np.ndarray
+  transform: np.ndarray
+  landmarks: np.ndarray
+  box: np.ndarray
+  score: float
+  frame: Frame
+
+  @property
+  def chip_landmarks(self) -> np.ndarray:
+    """The detected landmarks mapped into the chip, ``(5, 2)``."""
+    return apply_transform(self.transform, self.landmarks)
+
+
+def similarity_transform(src_points, dst_points) -> np.ndarray:
+  """Least-squares similarity (rotation, uniform scale, translation; no reflection) taking src to dst.
+
+  Umeyama's closed form (IEEE TPAMI 13(4), 1991): with centred points ``X`` (src) and ``Y`` (dst), the SVD
+  ``Y^T X / n = U D V^T`` and ``S = diag(1, det(U) det(V))``,
+
+  .. math::
+    R = U S V^T, \\quad s = \\operatorname{tr}(D S) / \\sigma_X^2, \\quad t = \\mu_Y - s R \\mu_X,
+
+  minimising :math:`\\sum_i \\lVert y_i - (s R x_i + t) \\rVert^2`.
+
+  Args:
+    src_points: ``(n, 2)`` points, n >= 2, not all equal.
+    dst_points: ``(n, 2)`` points.
+
+  Returns:
+    ``(2, 3)`` float64 matrix ``[s R | t]``.
+
+  Example:
+    >>> import numpy as np
+    >>> m = similarity_transform([[0, 0], [1, 0]], [[1, 1], [1, 3]])
+    >>> np.round(m, 6).tolist()
+    [[0.0, -2.0, 1.0], [2.0, 0.0, 1.0]]
+  """
+  src = np.asarray(src_points, np.float64)
+  dst = np.asarray(dst_points, np.float64)
+  if src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+    raise ValueError(f"src_points must have shape (n, 2) with n >= 2; got {src.shape}")
+  if dst.shape != src.shape:
+    raise ValueError(f"dst_points must have the shape of src_points {src.shape}; got {dst.shape}")
+  mu_src, mu_dst = src.mean(0), dst.mean(0)
+  x, y = src - mu_src, dst - mu_dst
+  var_src = (x**2).sum() / len(src)
+  if var_src <= 1e-12 * max(1.0, np.abs(src).max() ** 2):
+    raise ValueError("src_points are all (nearly) equal: the similarity transform is undefined")
+  u, d, vt = np.linalg.svd(y.T @ x / len(src))
+  sign = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
+  rotation = u @ sign @ vt
+  scale = np.trace(np.diag(d) @ sign) / var_src
+  translation = mu_dst - scale * rotation @ mu_src
+  return np.concatenate([scale * rotation, translation[:, None]], axis=1)
+
+
+def apply_transform(transform, points) -> np.ndarray:
+  """Applies a ``(2, 3)`` affine transform to ``(..., 2)`` points."""
+  transform = np.asarray(transform, np.float64)
+  points = np.asarray(points, np.float64)
+  return points @ transform[:, :2].T + transform[:, 2]
+
+
+def invert_transform(transform) -> np.ndarray:
+  """The inverse of a ``(2, 3)`` affine transform, as ``(2, 3)``."""
+  transform = _check_transform(transform)
+  inverse = np.linalg.inv(transform[:, :2])
+  return np.concatenate([inverse, -inverse @ transform[:, 2:]], axis=1)
+
+
+def transform_scale(transform) -> float:
+  """The scale ``s`` of a similarity ``[s R | t]`` (square root of the absolute determinant)."""
+  return float(np.sqrt(abs(np.linalg.det(np.asarray(transform, np.float64)[:, :2]))))
+
+
+def _check_transform(transform) -> np.ndarray:
+  transform = np.asarray(transform, np.float64)
+  if transform.shape != (2, 3) or not np.all(np.isfinite(transform)):
+    raise ValueError(f"transform must be a finite (2, 3) matrix; got shape {transform.shape}")
+  if abs(np.linalg.det(transform[:, :2])) < 1e-12:
+    raise ValueError("transform is singular")
+  return transform
+
+
+def _check_image(image, name: str) -> np.ndarray:
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+    raise ValueError(f"{name} must have shape (h, w, c); got {image.shape}")
+  return image
+
+
+def _box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
+  """Averages ``factor x factor`` blocks (edge-padded to a multiple of ``factor``), float32."""
+  h, w, c = image.shape
+  ph, pw = -h % factor, -w % factor
+  padded = np.pad(image.astype(np.float32), ((0, ph), (0, pw), (0, 0)), mode="edge")
+  return padded.reshape((h + ph) // factor, factor, (w + pw) // factor, factor, c).mean(axis=(1, 3))
+
+
+def _sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Bilinear samples of ``(h, w, c)`` at index coordinates ``x, y`` (any equal shape).
+
+  A sample whose point lies outside ``[0, w - 1] x [0, h - 1]`` is 0 (``scipy.ndimage.map_coordinates`` with
+  ``order=1, mode="constant"``).
+  """
+  h, w, c = image.shape
+  inside = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+  x = np.clip(x, 0, w - 1)
+  y = np.clip(y, 0, h - 1)
+  x0 = np.minimum(np.floor(x).astype(np.intp), max(w - 2, 0))
+  y0 = np.minimum(np.floor(y).astype(np.intp), max(h - 2, 0))
+  x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+  fx = (x - x0)[..., None].astype(np.float32)
+  fy = (y - y0)[..., None].astype(np.float32)
+  top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+  bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+  return np.where(inside[..., None], top * (1 - fy) + bottom * fy, np.float32(0)).astype(np.float32)
+
+
+def warp_to_frame(image, transform, frame: Frame = CANONICAL, *, antialias: bool = True) -> np.ndarray:
+  """Cuts a chip out of ``image``: chip pixel ``q`` takes the bilinear sample at ``transform^{-1}(q)``.
+
+  Args:
+    image: ``(h, w, c)`` array (uint8 or float).
+    transform: ``(2, 3)`` photo -> chip similarity (see :func:`similarity_transform`).
+    frame: the chip's frame; its ``size`` = (H, W) is the output size.
+    antialias: box-average the photo first when the transform shrinks it by 2x or more.
+
+  Returns:
+    ``(H, W, c)`` float32 chip; pixels whose source lies outside the photo are 0.
+  """
+  image = _check_image(image, "image")
+  transform = _check_transform(transform)
+  height, width = frame.size
+  v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+  src = apply_transform(invert_transform(transform), np.stack([u, v], axis=-1))
+  factor = max(1, int(np.floor(1.0 / transform_scale(transform)))) if antialias else 1
+  # Only the photo window the samples reach is converted (and reduced), aligned to the reduction blocks.
+  h, w = image.shape[:2]
+  lo = np.maximum(np.floor(src.reshape(-1, 2).min(0)).astype(int) - 1, 0) // factor * factor
+  hi = np.ceil(src.reshape(-1, 2).max(0)).astype(int) + 2
+  hi = np.minimum(lo + -(-(hi - lo) // factor) * factor, [w, h])
+  if np.any(hi <= lo):
+    return np.zeros((height, width, image.shape[-1]), np.float32)
+  window = image[lo[1]:hi[1], lo[0]:hi[0]].astype(np.float32)
+  src = src - lo
+  if factor >= 2:
+    window = _box_reduce(window, factor)
+    # reduced pixel j averages pixels factor*j .. factor*j + factor-1, centred at factor*j + (factor-1)/2
+    src = (src - (factor - 1) / 2) / factor
+  return _sample_bilinear(window, src[..., 0], src[..., 1])
+
+
+def _footprint_window(transform: np.ndarray, chip_hw: tuple[int, int], photo_hw: tuple[int, int]):
+  """The photo pixel rows/cols bounding the chip's footprint, clipped to the photo (slices)."""
+  height, width = chip_hw
+  corners = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], np.float64)
+  photo_corners = apply_transform(invert_transform(transform), corners)
+  lo = np.maximum(np.floor(photo_corners.min(0)).astype(int), 0)
+  hi = np.minimum(np.ceil(photo_corners.max(0)).astype(int) + 1, [photo_hw[1], photo_hw[0]])
+  return slice(lo[1], max(lo[1], hi[1])), slice(lo[0], max(lo[0], hi[0]))
+
+
+def _photo_to_chip_coords(transform: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+  y, x = np.mgrid[rows, cols].astype(np.float64)
+  return apply_transform(transform, np.stack([x, y], axis=-1))
+
+
+def _photo_hw(photo_shape) -> tuple[int, int]:
+  photo_shape = tuple(int(d) for d in photo_shape)
+  if len(photo_shape) not in (2, 3) or min(photo_shape[:2]) <= 0:
+    raise ValueError(f"photo_shape must be (h, w) or (h, w, c) with h, w > 0; got {photo_shape}")
+  return photo_shape[0], photo_shape[1]
+
+
+def warp_from_frame(chip_array, transform, photo_shape) -> tuple[np.ndarray, np.ndarray]:
+  """Warps a chip-space array back into photo space (the inverse of :func:`warp_to_frame`).
+
+  Args:
+    chip_array: ``(H, W)`` or ``(H, W, c)`` array in the chip's frame.
+    transform: ``(2, 3)`` photo -> chip similarity used to cut the chip.
+    photo_shape: ``(h, w)`` or ``(h, w, c)`` of the photo.
+
+  Returns:
+    ``(values, valid)``: ``values`` ``(h, w, c)`` (or ``(h, w)``) float32, the bilinear sample of
+    ``chip_array`` at ``transform(p)`` for each photo pixel ``p`` inside the frame's footprint and 0 elsewhere;
+    ``valid`` ``(h, w)`` bool, the footprint.
+  """
+  chip = np.asarray(chip_array, np.float32)
+  squeeze = chip.ndim == 2
+  chip = _check_image(chip[..., None] if squeeze else chip, "chip_array")
+  transform = _check_transform(transform)
+  h, w = _photo_hw(photo_shape)
+  height, width = chip.shape[:2]
+  values = np.zeros((h, w, chip.shape[-1]), np.float32)
+  valid = np.zeros((h, w), bool)
+  rows, cols = _footprint_window(transform, (height, width), (h, w))
+  q = _photo_to_chip_coords(transform, rows, cols)
+  tol = 1e-6
+  inside = ((q[..., 0] >= -tol) & (q[..., 0] <= width - 1 + tol) &
+            (q[..., 1] >= -tol) & (q[..., 1] <= height - 1 + tol))
+  q = np.stack([np.clip(q[..., 0], 0, width - 1), np.clip(q[..., 1], 0, height - 1)], axis=-1)
+  sampled = _sample_bilinear(chip, q[..., 0], q[..., 1])
+  values[rows, cols] = np.where(inside[..., None], sampled, 0.0)
+  valid[rows, cols] = inside
+  return (values[..., 0] if squeeze else values), valid
+
+
+def frame_footprint(transform, frame: Frame, photo_shape, *, feather: float = 0.0) -> np.ndarray:
+  """Weights ``(h, w)`` float32 in [0, 1] of the frame's footprint in the photo.
+
+  1 inside the footprint at least ``feather`` photo pixels away from its border, falling linearly to 0 at the
+  border, 0 outside. ``feather=0`` gives the footprint itself (as 0/1).
+  """
+  if feather < 0:
+    raise ValueError(f"feather must be >= 0 pixels; got {feather}")
+  transform = _check_transform(transform)
+  h, w = _photo_hw(photo_shape)
+  height, width = frame.size
+  weights = np.zeros((h, w), np.float32)
+  rows, cols = _footprint_window(transform, (height, width), (h, w))
+  q = _photo_to_chip_coords(transform, rows, cols)
+  # distance to the nearest chip border, in chip pixels, then in photo pixels (the similarity scales by s)
+  border = np.minimum.reduce([q[..., 0], width - 1 - q[..., 0], q[..., 1], height - 1 - q[..., 1]])
+  border = border / transform_scale(transform)
+  tol = 1e-6
+  if feather > 0:
+    weights[rows, cols] = np.clip(border / feather, 0.0, 1.0) * (border >= -tol)
+  else:
+    weights[rows, cols] = border >= -tol
+  return weights
+
+
+def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
+                        region: Union[str, np.ndarray] = "face", feather: float = 0.0) -> np.ndarray:
+  """Adds a chip-space mask to the original photo: the protected photo.
+
+  ``protected = round(clip(photo + footprint * region_weight * warp_back(mask), 0, 255))``
+
+  Args:
+    photo: ``(h, w, 3)`` uint8 RGB, the photo the chip was cut from.
+    mask: ``(H, W, 3)`` float in ``frame`` (0-255 units, e.g. values in ``[-8, 8]``).
+    transform: ``(2, 3)`` photo -> chip similarity (``AlignedFace.transform``).
+    frame: the mask's frame.
+    region: ``"face"``: the whole footprint of the frame in the photo; or an ``(H, W)`` array of weights in
+      [0, 1] in the chip's frame (e.g. an ellipse around the face), warped back with the mask.
+    feather: width in photo pixels over which the mask fades out towards the footprint's border (0: hard edge).
+
+  Returns:
+    ``(h, w, 3)`` uint8, equal to ``photo`` outside the footprint.
+  """
+  photo = np.asarray(photo)
+  if photo.ndim != 3 or photo.shape[-1] != 3 or photo.dtype != np.uint8:
+    raise ValueError(f"photo must be (h, w, 3) uint8 RGB; got {photo.shape} {photo.dtype}")
+  mask = np.asarray(mask, np.float32)
+  if mask.shape != tuple(frame.size) + (3,):
+    raise ValueError(f"mask must have shape {tuple(frame.size) + (3,)} for frame {frame.name!r}; got {mask.shape}")
+  if not np.all(np.isfinite(mask)):
+    raise ValueError("mask must be finite")
+  weights = frame_footprint(transform, frame, photo.shape, feather=feather)
+  if isinstance(region, str):
+    if region != "face":
+      raise ValueError(f"region must be 'face' or an (H, W) weight array; got {region!r}")
+  else:
+    region = np.asarray(region, np.float32)
+    if region.shape != tuple(frame.size):
+      raise ValueError(f"region weights must have shape {tuple(frame.size)}; got {region.shape}")
+    weights = weights * warp_from_frame(region, transform, photo.shape)[0]
+  values, _ = warp_from_frame(mask, transform, photo.shape)
+  protected = photo.astype(np.float32) + weights[..., None] * values
+  return np.rint(np.clip(protected, 0, 255)).astype(np.uint8)
+
+
+def align_face(image, detection: Detection, frame: Frame = CANONICAL, *, antialias: bool = True) -> AlignedFace:
+  """Aligns one detected face: the similarity taking its landmarks onto ``frame``'s, and the chip.
+
+  Args:
+    image: ``(h, w, 3)`` RGB photo (uint8 or float in [0, 255]).
+    detection: a :class:`Detection` in that photo.
+    frame: the target frame (default: the canonical frame).
+    antialias: see :func:`warp_to_frame`.
+  """
+  transform = similarity_transform(detection.landmarks, frame.landmarks_array)
+  chip = warp_to_frame(image, transform, frame, antialias=antialias)
+  return AlignedFace(chip=chip, transform=transform, landmarks=np.asarray(detection.landmarks, np.float64),
+                     box=np.asarray(detection.box, np.float64), score=float(detection.score), frame=frame)
+
+
+def align_photo(image, *, frame: Frame = CANONICAL, detector=None, select: str = "largest",
+                score_threshold: float = 0.6, min_face_size: float = DEFAULT_MIN_FACE_SIZE
+                ) -> Union[AlignedFace, Sequence[AlignedFace]]:
+  """Detects and aligns the face(s) in a photo.
+
+  Args:
+    image: anything :func:`load_photo` accepts (path, file, array).
+    frame: the target frame.
+    detector: see :func:`detect_faces`.
+    select: with several faces, ``"largest"`` (box area), ``"best"`` (detector score), or ``"all"`` (a list,
+      best score first).
+    score_threshold: minimum detector score.
+    min_face_size: faces whose box is shorter than this (pixels, shorter side) are not used: a chip upsampled
+      from so few pixels carries little identity. 0 accepts every detection.
+
+  Returns:
+    An :class:`AlignedFace`, or a list of them for ``select="all"``.
+
+  Raises:
+    NoFaceError: no face was detected (``reason="no_face"``), or every detected face is smaller than
+      ``min_face_size`` (``reason="too_small"``).
+  """
+  if select not in ("largest", "best", "all"):
+    raise ValueError(f"select must be 'largest', 'best' or 'all'; got {select!r}")
+  if min_face_size < 0:
+    raise ValueError(f"min_face_size must be >= 0; got {min_face_size}")
+  photo = load_photo(image)
+  faces = detect_faces(photo, detector=detector, score_threshold=score_threshold)
+  if not faces:
+    raise NoFaceError(f"no face found (score threshold {score_threshold})", reason="no_face")
+  usable = [f for f in faces if f.size >= min_face_size]
+  if not usable:
+    largest = max(f.size for f in faces)
+    raise NoFaceError(
+        f"found {len(faces)} face(s), all smaller than min_face_size={min_face_size:g} px "
+        f"(largest {largest:.1f} px); pass a smaller min_face_size to accept them", reason="too_small")
+  if select == "all":
+    return [align_face(photo, f, frame) for f in usable]
+  chosen = max(usable, key=(lambda f: f.area) if select == "largest" else (lambda f: f.score))
+  return align_face(photo, chosen, frame)

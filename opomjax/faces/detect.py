@@ -1,0 +1,284 @@
+"""Face detection with YuNet (``face_detection_yunet_2023mar_int8bq.onnx``) through onnxruntime.
+
+YuNet is an anchor-free detector with three heads at strides 8, 16 and 32. For every grid cell ``(r, c)`` of
+stride ``s`` it predicts a class probability ``cls``, an objectness ``obj``, a box ``(dx, dy, log w, log h)``
+and five landmark offsets. The decoding follows OpenCV's ``FaceDetectorYN``
+(``modules/objdetect/src/face_detect.cpp``)::
+
+  score = sqrt(clip(cls, 0, 1) * clip(obj, 0, 1))
+  centre = ((c, r) + (dx, dy)) * s,   size = exp((log w, log h)) * s
+  landmark_k = ((c, r) + offset_k) * s
+
+followed by greedy non-maximum suppression (IoU threshold 0.3). The network is fully convolutional: the
+published graph declares a fixed 1x3x640x640 input, but it runs on any height and width that are multiples of 32.
+As in OpenCV, the photo is fed at its own resolution, zero-padded on the bottom and right up to the next
+multiple of 32 (a 250x250 LFW photo becomes 256x256, about 4x cheaper than 640x640). Photos whose longer side
+exceeds ``max_side`` are first downscaled (Pillow, antialiased) and the detections are mapped back. The input
+is BGR in [0, 255] without normalisation (OpenCV's ``blobFromImage`` defaults). The published weights are
+block-quantised int8; onnxruntime rejects some of their ``DequantizeLinear`` nodes, so the weights are
+dequantised in numpy once, when the session is built (exactly ``(q - zero_point) * scale``).
+
+Landmark order, as seen by the viewer: left eye, right eye, nose tip, left mouth corner, right mouth corner,
+matching :data:`opomjax.frame.ARCFACE_112_LANDMARKS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+YUNET_FILENAME = "face_detection_yunet_2023mar_int8bq.onnx"
+SHARED_ENV_VAR = "OPOMJAX_SHARED"
+_STRIDES = (8, 16, 32)
+_DIVISOR = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+  """One detected face, in pixel coordinates of the photo it was found in.
+
+  Attributes:
+    box: ``(4,)`` float ``(x0, y0, x1, y1)``.
+    score: detector confidence in [0, 1].
+    landmarks: ``(5, 2)`` float (x, y): left eye, right eye, nose tip, left mouth corner, right mouth corner,
+      left and right as seen by the viewer.
+  """
+
+  box: np.ndarray
+  score: float
+  landmarks: np.ndarray
+
+  @property
+  def width(self) -> float:
+    return float(self.box[2] - self.box[0])
+
+  @property
+  def height(self) -> float:
+    return float(self.box[3] - self.box[1])
+
+  @property
+  def size(self) -> float:
+    """The shorter side of the box in pixels: the size compared against minimum face sizes."""
+    return min(self.width, self.height)
+
+  @property
+  def area(self) -> float:
+    return self.width * self.height
+
+
+def default_yunet_path() -> pathlib.Path:
+  """``$OPOMJAX_SHARED/models/<YuNet file>``, with ``OPOMJAX_SHARED`` defaulting to ``../shared`` of the repo."""
+  shared = os.environ.get(SHARED_ENV_VAR)
+  root = pathlib.Path(shared) if shared else pathlib.Path(__file__).resolve().parents[2].parent / "shared"
+  return root / "models" / YUNET_FILENAME
+
+
+def _dequantize_initializer_nodes(graph) -> None:
+  """Replaces every ``DequantizeLinear`` whose inputs are all initialisers by its float result (in place)."""
+  from onnx import helper, numpy_helper  # pylint: disable=g-import-not-at-top
+
+  inits = {i.name: i for i in graph.initializer}
+  kept, folded = [], []
+  for node in graph.node:
+    if node.op_type != "DequantizeLinear" or not all(i in inits for i in node.input):
+      kept.append(node)
+      continue
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+    zero = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+            if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
+    block, axis = attrs.get("block_size", 0), attrs.get("axis", 1)
+    if block and scale.ndim == q.ndim:
+      scale, zero = np.repeat(scale, block, axis=axis), np.repeat(zero, block, axis=axis)
+    elif scale.ndim == 1 and q.ndim > 1 and scale.size > 1:
+      shape = [1] * q.ndim
+      shape[axis] = scale.size
+      scale, zero = scale.reshape(shape), zero.reshape(shape)
+    folded.append(numpy_helper.from_array((q - zero) * scale, node.output[0]))
+  used = {name for node in kept for name in node.input}
+  remaining = [i for i in graph.initializer if i.name in used]
+  del graph.node[:]
+  graph.node.extend(kept)
+  del graph.initializer[:]
+  graph.initializer.extend(remaining + folded)
+
+
+def _load_yunet_graph(path: pathlib.Path) -> bytes:
+  """Loads YuNet, dequantises its weights and frees its input height/width; returns the serialised model."""
+  import onnx  # pylint: disable=g-import-not-at-top
+
+  model = onnx.load(str(path))
+  graph = model.graph
+  _dequantize_initializer_nodes(graph)
+  graph_inputs = {i.name for i in graph.initializer}
+  real_inputs = [i for i in graph.input if i.name not in graph_inputs]
+  del graph.input[:]
+  graph.input.extend(real_inputs)
+  dims = graph.input[0].type.tensor_type.shape.dim
+  for d, name in zip(dims[2:], ("height", "width")):
+    d.dim_param = name
+  for out in graph.output:
+    for d in out.type.tensor_type.shape.dim:
+      d.dim_param = "n"
+  del graph.value_info[:]
+  return model.SerializeToString()
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+  """Greedy non-maximum suppression; returns the kept indices, highest score first.
+
+  Args:
+    boxes: ``(n, 4)`` ``(x0, y0, x1, y1)``.
+    scores: ``(n,)``.
+    iou_threshold: a box is dropped when its IoU with an already kept box exceeds this.
+  """
+  boxes = np.asarray(boxes, np.float64)
+  order = np.argsort(-np.asarray(scores), kind="stable")
+  areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+  keep = []
+  while order.size:
+    i, rest = order[0], order[1:]
+    keep.append(i)
+    lo = np.maximum(boxes[i, :2], boxes[rest, :2])
+    hi = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-12)
+    order = rest[iou <= iou_threshold]
+  return np.asarray(keep, dtype=np.int64)
+
+
+def decode_yunet(outputs: dict[str, np.ndarray], height: int, width: int, score_threshold: float):
+  """Decodes YuNet's raw head outputs for a ``height`` x ``width`` (padded) input.
+
+  Returns:
+    ``(boxes (n, 4) x0 y0 x1 y1, scores (n,), landmarks (n, 5, 2))`` for the cells scoring at least
+    ``score_threshold``, before non-maximum suppression.
+  """
+  boxes, scores, landmarks = [], [], []
+  for stride in _STRIDES:
+    rows, cols = height // stride, width // stride
+    cls = np.clip(outputs[f"cls_{stride}"].reshape(-1), 0, 1)
+    obj = np.clip(outputs[f"obj_{stride}"].reshape(-1), 0, 1)
+    score = np.sqrt(cls * obj)
+    idx = np.nonzero(score >= score_threshold)[0]
+    if rows * cols != cls.size:
+      raise ValueError(f"stride {stride}: expected {rows * cols} cells for a {height}x{width} input, got {cls.size}")
+    cell = np.stack([idx % cols, idx // cols], axis=-1).astype(np.float64)
+    bbox = outputs[f"bbox_{stride}"].reshape(-1, 4)[idx].astype(np.float64)
+    kps = outputs[f"kps_{stride}"].reshape(-1, 5, 2)[idx].astype(np.float64)
+    centre = (cell + bbox[:, :2]) * stride
+    size = np.exp(bbox[:, 2:]) * stride
+    boxes.append(np.concatenate([centre - size / 2, centre + size / 2], axis=-1))
+    scores.append(score[idx].astype(np.float64))
+    landmarks.append((kps + cell[:, None, :]) * stride)
+  return np.concatenate(boxes), np.concatenate(scores), np.concatenate(landmarks)
+
+
+class YuNetDetector:
+  """YuNet face detector on onnxruntime (CPU by default).
+
+  Args:
+    path: the ONNX file; defaults to :func:`default_yunet_path` (``$OPOMJAX_SHARED/models/...``).
+    num_threads: onnxruntime intra-op threads; ``None`` lets onnxruntime choose (one per physical core).
+    nms_threshold: IoU above which overlapping detections are suppressed (OpenCV's default 0.3).
+    max_side: photos whose longer side exceeds this are downscaled to it before detection (``None``: never).
+    providers: onnxruntime execution providers.
+
+  Example:
+    >>> detector = YuNetDetector()  # doctest: +SKIP
+    >>> faces = detector(load_photo("photo.jpg"))  # doctest: +SKIP
+  """
+
+  def __init__(self, path=None, *, num_threads: int | None = None, nms_threshold: float = 0.3,
+               max_side: int | None = 640, providers=("CPUExecutionProvider",)):
+    import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+
+    path = pathlib.Path(path) if path is not None else default_yunet_path()
+    if not path.is_file():
+      raise FileNotFoundError(
+          f"YuNet model not found at {path}. Pass its path, or set {SHARED_ENV_VAR} to the folder that holds "
+          f"models/{YUNET_FILENAME}.")
+    if max_side is not None and max_side < _DIVISOR:
+      raise ValueError(f"max_side must be at least {_DIVISOR} or None; got {max_side}")
+    if not 0 <= nms_threshold <= 1:
+      raise ValueError(f"nms_threshold must lie in [0, 1]; got {nms_threshold}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if num_threads is not None:
+      options.intra_op_num_threads = int(num_threads)
+      options.inter_op_num_threads = 1
+    self.path = path
+    self.nms_threshold = float(nms_threshold)
+    self.max_side = max_side
+    self.session = ort.InferenceSession(_load_yunet_graph(path), options, providers=list(providers))
+    self._input_name = self.session.get_inputs()[0].name
+    self._output_names = [o.name for o in self.session.get_outputs()]
+
+  def raw_outputs(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Runs the network on a uint8 RGB image (padded to multiples of 32); returns the 12 head outputs."""
+    h, w = image.shape[:2]
+    pad_h, pad_w = -(-h // _DIVISOR) * _DIVISOR, -(-w // _DIVISOR) * _DIVISOR
+    blob = np.zeros((1, 3, pad_h, pad_w), np.float32)
+    blob[0, :, :h, :w] = image[..., ::-1].transpose(2, 0, 1)  # RGB -> BGR, HWC -> CHW
+    return dict(zip(self._output_names, self.session.run(self._output_names, {self._input_name: blob})))
+
+  def __call__(self, image: np.ndarray, score_threshold: float = 0.6) -> list[Detection]:
+    """Detects faces in a ``(h, w, 3)`` uint8 RGB image; returns them sorted by score, best first."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+      raise ValueError(f"image must be (h, w, 3) uint8 RGB (see load_photo); got {image.shape} {image.dtype}")
+    h, w = image.shape[:2]
+    scale = 1.0
+    if self.max_side is not None and max(h, w) > self.max_side:
+      scale = self.max_side / max(h, w)
+      size = (max(1, round(w * scale)), max(1, round(h * scale)))
+      image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+      scale_xy = np.array([w / size[0], h / size[1]])
+    else:
+      scale_xy = np.ones(2)
+    pad_h, pad_w = -(-image.shape[0] // _DIVISOR) * _DIVISOR, -(-image.shape[1] // _DIVISOR) * _DIVISOR
+    boxes, scores, landmarks = decode_yunet(self.raw_outputs(image), pad_h, pad_w, score_threshold)
+    keep = nms(boxes, scores, self.nms_threshold)
+    # Pixel centres: resized pixel j covers [j, j+1) * scale in the original image.
+    to_photo = lambda p: (p + 0.5) * scale_xy - 0.5 if scale != 1.0 else p
+    return [Detection(box=to_photo(boxes[i].reshape(2, 2)).reshape(4), score=float(scores[i]),
+                      landmarks=to_photo(landmarks[i])) for i in keep]
+
+
+@functools.lru_cache(maxsize=1)
+def default_detector() -> YuNetDetector:
+  """A process-wide :class:`YuNetDetector` at the default path, built on first use."""
+  return YuNetDetector()
+
+
+def detect_faces(image, *, detector=None, score_threshold: float = 0.6, min_size: float = 0.0,
+                 sort_by: str = "score") -> list[Detection]:
+  """Detects the faces in a photo.
+
+  Args:
+    image: anything :func:`opomjax.faces.load_photo` accepts (path, file, array).
+    detector: a callable ``(rgb uint8 image, score_threshold) -> list[Detection]``; defaults to a shared
+      :class:`YuNetDetector`.
+    score_threshold: minimum detector score in [0, 1].
+    min_size: drop faces whose box is shorter than this many pixels on its shorter side.
+    sort_by: ``"score"`` (best first) or ``"size"`` (largest box area first).
+
+  Returns:
+    The detections, possibly empty.
+  """
+  from opomjax.faces.io import load_photo  # pylint: disable=g-import-not-at-top
+
+  if not 0 <= score_threshold <= 1:
+    raise ValueError(f"score_threshold must lie in [0, 1]; got {score_threshold}")
+  if sort_by not in ("score", "size"):
+    raise ValueError(f"sort_by must be 'score' or 'size'; got {sort_by!r}")
+  detector = default_detector() if detector is None else detector
+  faces = [f for f in detector(load_photo(image), score_threshold) if f.size >= min_size]
+  key = (lambda f: -f.score) if sort_by == "score" else (lambda f: -f.area)
+  return sorted(faces, key=key)
