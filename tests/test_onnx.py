@@ -1,0 +1,328 @@
+"""ONNX models both ways: the JAX interpreter against onnxruntime, and the black-box targets.
+
+Small graphs built here with ``onnx.helper`` check each operator against onnxruntime (the reference
+runtime); the real SFace file checks the whole path on real LFW faces.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto
+from onnx import helper
+from onnx import numpy_helper
+from PIL import Image
+
+from opomjax import frame as frame_lib
+from opomjax.models import onnx_jax
+from opomjax.models import onnx_target
+from opomjax.models import registry
+
+RNG = np.random.RandomState(0)
+
+
+def _init(name, array):
+  return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _model(nodes, inputs, outputs, inits, opset=21):
+  graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+  model.ir_version = 10
+  onnx.checker.check_model(model)
+  return model
+
+
+def _ort(model, feeds):
+  options = ort.SessionOptions()
+  options.log_severity_level = 3
+  session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+  return session.run(None, feeds)[0]
+
+
+def _jax(model, x):
+  graph, params = onnx_jax.convert(model)
+  out, _ = jax.jit(lambda p, v: onnx_jax.run_graph(graph, p, v))(params, x)
+  return np.asarray(out)
+
+
+def _assert_close(out, ref, rtol=1e-5):
+  assert out.shape == ref.shape
+  np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+def _quantise_blocked(w, axis, block):
+  """int8 blocked quantisation of ``w`` along ``axis`` (what the DequantizeLinear node undoes)."""
+  moved = np.moveaxis(w, axis, -1)
+  n = moved.shape[-1]
+  blocks = -(-n // block)
+  padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, blocks * block - n)])
+  grouped = padded.reshape(moved.shape[:-1] + (blocks, block))
+  scale = np.abs(grouped).max(-1) / 127 + 1e-8
+  zero = RNG.randint(-3, 4, scale.shape).astype(np.int8)
+  q = np.clip(np.round(grouped / scale[..., None]) + zero[..., None], -128, 127).reshape(padded.shape)[..., :n]
+  return (np.moveaxis(q, -1, axis).astype(np.int8), np.moveaxis(scale, -1, axis).astype(np.float32),
+          np.moveaxis(zero, -1, axis))
+
+
+def _conv_net():
+  """Conv+BN+PRelu, depthwise conv, pooling, residual Add, Concat, Sigmoid, Clip, blocked-DQ Gemm."""
+  c = 8
+  q, s, z = _quantise_blocked(RNG.randn(10, c * 2 * 5 * 5).astype(np.float32), axis=1, block=48)
+  qb, sb, zb = _quantise_blocked(RNG.randn(10).astype(np.float32), axis=0, block=4)
+  inits = [
+      _init("w1", RNG.randn(c, 3, 3, 3).astype(np.float32) * 0.2), _init("b1", RNG.randn(c).astype(np.float32)),
+      _init("gamma", RNG.rand(c).astype(np.float32) + 0.5), _init("beta", RNG.randn(c).astype(np.float32)),
+      _init("mean", RNG.randn(c).astype(np.float32)), _init("var", RNG.rand(c).astype(np.float32) + 0.5),
+      _init("slope", (RNG.rand(c, 1, 1) * 0.3).astype(np.float32)),
+      _init("wdw", RNG.randn(c, 1, 3, 3).astype(np.float32) * 0.3),
+      _init("half", np.float32(0.5)), _init("three", np.float32(3.0)), _init("lo", np.float32(-1.0)),
+      _init("hi", np.float32(1.5)),
+      _init("wq", q), _init("ws", s), _init("wz", z), _init("bq", qb), _init("bs", sb), _init("bz", zb),
+  ]
+  nodes = [
+      helper.make_node("Constant", [], ["offset"], value=_init("v", np.float32(127.5))),
+      helper.make_node("Sub", ["x", "offset"], ["x0"]),
+      helper.make_node("Div", ["x0", "three"], ["x1"]),
+      helper.make_node("Conv", ["x1", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+      helper.make_node("BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["n1"], epsilon=1e-3),
+      helper.make_node("PRelu", ["n1", "slope"], ["a1"]),
+      helper.make_node("Conv", ["a1", "wdw"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2],
+                       group=c),
+      helper.make_node("MaxPool", ["a1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+      helper.make_node("Add", ["c2", "p1"], ["r1"]),
+      helper.make_node("Relu", ["r1"], ["a2"]),
+      helper.make_node("AveragePool", ["a2"], ["p2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                       count_include_pad=0, ceil_mode=1),
+      helper.make_node("AveragePool", ["a2"], ["p3"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 2, 2],
+                       count_include_pad=1),
+      helper.make_node("Sigmoid", ["p3"], ["g3"]),
+      helper.make_node("Mul", ["g3", "half"], ["m3"]),
+      helper.make_node("Concat", ["p2", "m3"], ["cat"], axis=1),
+      helper.make_node("Clip", ["cat", "lo", "hi"], ["clip"]),
+      helper.make_node("Identity", ["clip"], ["id"]),
+      helper.make_node("Dropout", ["id"], ["drop"]),
+      helper.make_node("Flatten", ["drop"], ["flat"]),
+      helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1, block_size=48),
+      helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["b"], axis=0, block_size=4),
+      helper.make_node("Gemm", ["flat", "w", "b"], ["y"], transB=1, alpha=0.7),
+  ]
+  x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 15, 15])
+  y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])
+  return _model(nodes, [x], [y], inits)
+
+
+def _reshape_net():
+  """Exporter-style shape arithmetic: Shape/Gather/Unsqueeze/Concat/Reshape, Transpose, MatMul, reductions."""
+  inits = [_init("idx0", np.int64(0)), _init("ax0", np.array([0], np.int64)),
+           _init("minus1", np.array([-1], np.int64)), _init("wm", RNG.randn(4, 6).astype(np.float32)),
+           _init("gap_axes", np.array([2, 3], np.int64))]
+  nodes = [
+      helper.make_node("Shape", ["x"], ["shape"]),
+      helper.make_node("Gather", ["shape", "idx0"], ["batch"], axis=0),
+      helper.make_node("Unsqueeze", ["batch", "ax0"], ["batch1"]),
+      helper.make_node("Concat", ["batch1", "minus1"], ["target"], axis=0),
+      helper.make_node("GlobalAveragePool", ["x"], ["gap"]),
+      helper.make_node("ReduceMean", ["x", "gap_axes"], ["rm"], keepdims=1),
+      helper.make_node("Sub", ["gap", "rm"], ["zero"]),
+      helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 3, 1]),
+      helper.make_node("MatMul", ["xt", "wm"], ["xm"]),
+      helper.make_node("Reshape", ["xm", "target"], ["flat"]),
+      helper.make_node("Softmax", ["flat"], ["sm"], axis=-1),
+      helper.make_node("Reshape", ["zero", "target"], ["zflat"]),
+      helper.make_node("Concat", ["sm", "zflat"], ["y"], axis=1),
+  ]
+  x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 5, 5])
+  y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 154])
+  return _model(nodes, [x], [y], inits, opset=18)
+
+
+def test_conv_net_matches_onnxruntime():
+  model = _conv_net()
+  x = RNG.uniform(0, 255, (3, 3, 15, 15)).astype(np.float32)
+  _assert_close(_jax(model, x), _ort(model, {"x": x}))
+
+
+def test_shape_arithmetic_and_matmul_match_onnxruntime():
+  model = _reshape_net()
+  x = RNG.randn(2, 4, 5, 5).astype(np.float32)
+  _assert_close(_jax(model, x), _ort(model, {"x": x}))
+
+
+def test_blocked_dequantisation_is_folded_into_exact_params():
+  model = _conv_net()
+  graph, params = onnx_jax.convert(model)
+  assert "DequantizeLinear" not in {n.op_type for n in graph.nodes}
+  inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+  # reference: onnxruntime dequantising alone
+  dq = helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1, block_size=48)
+  names = ["wq", "ws", "wz"]
+  ref = _ort(_model([dq], [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(inits[n].dtype),
+                                                          inits[n].shape) for n in names],
+                    [helper.make_tensor_value_info("w", TensorProto.FLOAT, inits["wq"].shape)], []),
+             {n: inits[n] for n in names})
+  np.testing.assert_array_equal(params["w"], ref)
+
+
+def test_activation_quantisation_is_emulated_with_straight_through_gradient():
+  inits = [_init("s", np.float32(0.05)), _init("z", np.uint8(128)), _init("w", RNG.randn(6, 3).astype(np.float32))]
+  nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+           helper.make_node("QuantizeLinear", ["h", "s", "z"], ["hq"]),
+           helper.make_node("DequantizeLinear", ["hq", "s", "z"], ["y"])]
+  model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], inits)
+  x = RNG.randn(50, 6).astype(np.float32)
+  np.testing.assert_array_equal(_jax(model, x), _ort(model, {"x": x}))
+  graph, params = onnx_jax.convert(model)
+  grad = jax.grad(lambda v: onnx_jax.run_graph(graph, params, v)[0].sum())(jnp.asarray(x[:1] * 0.1))
+  # inside the quantiser's range the straight-through gradient is the float network's: w summed over outputs
+  np.testing.assert_allclose(np.asarray(grad)[0], numpy_helper.to_array(inits[2]).sum(1), rtol=1e-5)
+
+
+def test_unsupported_op_names_op_and_node():
+  node = helper.make_node("Hardmax", ["x"], ["y"], name="the_hardmax")
+  model = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [], opset=13)
+  with pytest.raises(onnx_jax.UnsupportedOpError, match="'Hardmax'.*'the_hardmax'"):
+    onnx_jax.convert(model)
+
+
+def _fixed_batch_net(layout="NCHW"):
+  """Declared batch 1 and a Reshape to [1, -1] inside: only runs one image at a time."""
+  shape = [1, 3, 8, 8] if layout == "NCHW" else [1, 8, 8, 3]
+  inits = [_init("w", RNG.randn(4, 3, 1, 1).astype(np.float32) * 0.1),
+           _init("target", np.array([1, -1], np.int64)), _init("fc", RNG.randn(4 * 64, 5).astype(np.float32))]
+  to_nchw = (helper.make_node("Transpose", ["x"], ["xc"], perm=[0, 3, 1, 2]) if layout == "NHWC"
+             else helper.make_node("Identity", ["x"], ["xc"]))
+  nodes = [to_nchw,
+           helper.make_node("Conv", ["xc", "w"], ["c"], kernel_shape=[1, 1]),
+           helper.make_node("Reshape", ["c", "target"], ["flat"]),
+           helper.make_node("MatMul", ["flat", "fc"], ["y"])]
+  return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits, opset=13)
+
+
+@pytest.mark.parametrize("layout,order,scale,offset", [("NCHW", "RGB", 1.0, 0.0),
+                                                       ("NHWC", "BGR", 1 / 127.5, (120.0, 110.0, 100.0))])
+def test_fixed_batch_graph_runs_batches_with_pixel_options(tmp_path, layout, order, scale, offset):
+  model = _fixed_batch_net(layout)
+  path = tmp_path / "fixed.onnx"
+  onnx.save(model, str(path))
+  images = RNG.uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+  x = (images[..., ::-1] if order == "BGR" else images) - np.asarray(offset, np.float32)
+  x = (x * np.float32(scale)).astype(np.float32)
+  x = x.transpose(0, 3, 1, 2) if layout == "NCHW" else x
+  ref = np.concatenate([_ort(model, {"x": x[i:i + 1]}) for i in range(3)])
+  frame = frame_lib.make_frame("tiny", (8, 8), frame_lib.ARCFACE_112_LANDMARKS / 14)
+  options = dict(input_frame=frame, channel_order=order, pixel_scale=scale, pixel_offset=offset)
+  target = onnx_target.load_onnx_target(path, **options)
+  _assert_close(target.embed_fn(images), ref)
+  surrogate = onnx_jax.load_onnx_model(path, **options)
+  _assert_close(np.asarray(jax.jit(surrogate.net_fn)(surrogate.params, images)[0]), ref)
+
+
+def test_dfanet_dropout_masks_conv_outputs():
+  inits = [_init("w", RNG.randn(4, 3, 3, 3).astype(np.float32))]
+  model = _model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 9, 9])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 7, 7])], inits)
+  graph, params = onnx_jax.convert(model)
+  x = jnp.asarray(RNG.randn(2, 3, 9, 9).astype(np.float32))
+  run = jax.jit(lambda k, rate: onnx_jax.run_graph(graph, params, x, key=k, dropout_rate=rate)[0],
+                static_argnums=1)
+  key = jax.random.PRNGKey(3)
+  clean, dropped, again = run(key, 0.0), run(key, 0.25), run(key, 0.25)
+  np.testing.assert_array_equal(dropped, again)
+  kept = np.asarray(dropped) != 0
+  np.testing.assert_allclose(np.asarray(dropped)[kept], np.asarray(clean)[kept] / 0.75, rtol=1e-6)
+  assert 0.6 < kept.mean() < 0.9
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The real SFace file on real LFW faces.
+
+
+def _lfw_chips(lfw_root, count):
+  """Fixed centre crop of the deep-funneled 250x250 images, resized to the 112x112 input."""
+  people = sorted(p for p in os.listdir(lfw_root) if (lfw_root / p).is_dir())[:count]
+  chips = []
+  for person in people:
+    path = sorted((lfw_root / person).glob("*.jpg"))[0]
+    image = Image.open(path).convert("RGB").crop((68, 68, 182, 182)).resize((112, 112), Image.BILINEAR)
+    chips.append(np.asarray(image, np.float32))
+  return np.stack(chips)
+
+
+@pytest.fixture(scope="module")
+def sface(sface_onnx):
+  return onnx_jax.build_sface(sface_onnx)
+
+
+@pytest.fixture(scope="module")
+def chips(lfw_root):
+  return _lfw_chips(lfw_root, 6)
+
+
+@pytest.fixture(scope="module")
+def sface_reference(sface_onnx, chips):
+  """onnxruntime on the SFace file, one image per call as the file declares."""
+  model = onnx.load(str(sface_onnx))
+  weights = {t.name for t in model.graph.initializer}
+  used = {name for node in model.graph.node for name in node.input}
+  real = [i for i in model.graph.input if i.name not in weights and i.name in used]
+  del model.graph.input[:]
+  model.graph.input.extend(real)
+  return np.concatenate([_ort(model, {"data": chips[i:i + 1].transpose(0, 3, 1, 2)}) for i in range(len(chips))])
+
+
+def test_sface_graph_normalises_rgb_itself(sface_onnx):
+  graph, params = onnx_jax.convert(onnx_jax.read_onnx(sface_onnx))
+  assert [n.op_type for n in graph.nodes[:3]] == ["Sub", "Mul", "Conv"]
+  assert params[graph.nodes[0].inputs[1]].item() == 127.5
+  assert params[graph.nodes[1].inputs[1]].item() == 1 / 128
+
+
+def test_sface_jax_matches_onnxruntime_on_lfw(sface, chips, sface_reference):
+  emb, acts = jax.jit(sface.net_fn)(sface.params, chips)
+  emb = np.asarray(emb)
+  ref = sface_reference
+  cosine = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)
+  max_abs = np.abs(emb - ref).max()
+  print(f"SFace JAX vs onnxruntime on {len(chips)} LFW chips: cosine min {cosine.min():.7f}, "
+        f"max abs diff {max_abs:.2e} (|emb| max {np.abs(ref).max():.2f})")
+  assert cosine.min() >= 0.999
+  assert max_abs <= 1e-3 * np.abs(ref).max()
+  assert [a.shape[2] for a in acts] == [112, 56, 28, 14, 7]
+  # batch > 1 equals one image at a time
+  single = np.asarray(jax.jit(sface.net_fn)(sface.params, chips[2:3])[0])
+  _assert_close(single, emb[2:3], rtol=1e-4)
+
+
+def test_sface_gradients_are_finite_and_nonzero(sface, chips):
+  direction = jnp.asarray(RNG.randn(sface.embedding_size).astype(np.float32))
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(sface.embed_native(x) @ direction)))(jnp.asarray(chips[:2]))
+  grad = np.asarray(grad)
+  assert np.isfinite(grad).all()
+  assert (np.abs(grad).reshape(2, -1).max(1) > 0).all()
+
+
+def test_sface_target_agrees_with_surrogate_in_canonical_frame(sface_onnx, sface, chips, monkeypatch):
+  monkeypatch.setenv("OPOMJAX_SHARED", str(sface_onnx.parent.parent))
+  target = registry.load_target("sface_onnx")
+  assert target.embedding_size == 128
+  canonical = frame_lib.resample(jnp.asarray(chips[:3]), frame_lib.ARCFACE_112, frame_lib.CANONICAL)
+  a = target.embed(canonical)
+  b = np.asarray(jax.jit(sface.apply)(sface.params, canonical))
+  assert (a * b).sum(1).min() >= 0.999
+
+
+def test_sface_missing_file_error_names_env_var(tmp_path, monkeypatch):
+  monkeypatch.setenv("OPOMJAX_SHARED", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="OPOMJAX_SHARED"):
+    registry.load_model("sface")
+  with pytest.raises(FileNotFoundError, match="OPOMJAX_SHARED"):
+    registry.load_target("sface_onnx")
