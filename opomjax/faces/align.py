@@ -37,7 +37,7 @@ class NoFaceError(ValueError):
     self.reason = reason
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class AlignedFace:
   """A face chip and how it was cut out of its photo.
 

@@ -38,7 +38,7 @@ _STRIDES = (8, 16, 32)
 _DIVISOR = 32
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Detection:
   """One detected face, in pixel coordinates of the photo it was found in.
 
