@@ -1,0 +1,224 @@
+"""The signed-gradient ascent on a tiny random-weight Flax CNN: budget, clipping, rise, determinism, variants."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from opomjax.core import ascent
+from opomjax.core import objectives
+
+K, N, SIZE, DIM = 2, 3, 32, 16
+EPS, ALPHA, STEPS = 8.0, 2.0, 4
+
+
+class TinyFaceNet(nn.Module):
+  """Two strided convolutions and a dense head: ``(b, 32, 32, 3)`` in [0, 255] -> unit ``(b, 16)``."""
+
+  dim: int = DIM
+  dropout_rate: float = 0.3
+
+  @nn.compact
+  def __call__(self, x, key=None):
+    x = x / 127.5 - 1.0
+    a1 = nn.relu(nn.Conv(8, (3, 3), strides=2)(x))
+    a1 = nn.Dropout(self.dropout_rate, deterministic=key is None)(a1, rng=key)
+    a2 = nn.relu(nn.Conv(16, (3, 3), strides=2)(a1))
+    emb = nn.Dense(self.dim)(a2.reshape(a2.shape[0], -1))
+    return emb / jnp.linalg.norm(emb, axis=-1, keepdims=True), [a1, a2]
+
+
+def tiny_model(seed: int = 0, size: int = SIZE):
+  """``(apply(params, images, key=None) -> (emb, acts), params)`` of a randomly initialised TinyFaceNet."""
+  net = TinyFaceNet()
+  params = net.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
+  return net.apply, params
+
+
+def tiny_images(seed: int = 1, k: int = K, n: int = N, size: int = SIZE):
+  """Smooth random "faces": low-frequency patterns over the full [0, 255] range (some pixels saturate)."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.uniform(0, 255, (k, n, size // 8, size // 8, 3))
+  return jnp.asarray(coarse.repeat(8, axis=2).repeat(8, axis=3), jnp.float32)
+
+
+APPLY, PARAMS = tiny_model()
+IMAGES = tiny_images()
+
+
+def embed(images, key=None):
+  return APPLY(PARAMS, images, key)[0]
+
+
+def activations(images, key=None):
+  return APPLY(PARAMS, images, key)[1]
+
+
+def independent_objective(method, masked, clean_images):
+  """J for one identity, from the objective functions (not from the ascent's own plumbing)."""
+  if method == "gd-uap":
+    return objectives.gd_uap(activations(masked))
+  adv, clean = embed(masked), embed(clean_images)
+  return {
+      "fi-uap": objectives.fi_uap,
+      "fi-uap+": objectives.fi_uap_plus,
+      "fi-uap-all": objectives.fi_uap,
+      "opom-affine": objectives.opom_affine_hull,
+      "opom-center": objectives.opom_class_center,
+      "opom-convex": objectives.opom_convex_hull,
+  }[method](adv, clean)
+
+
+@functools.cache
+def run(method, **options):
+  kw = dict(epsilon=EPS, step_size=ALPHA, steps=STEPS, key=jax.random.key(7), return_trace=True)
+  if method == "gd-uap":
+    kw["activations_fn"] = activations
+  if method == "opom-convex":
+    kw["warmup_center_steps"] = 1
+  kw.update(options)
+  return ascent.generate_masks(embed, IMAGES, method=method, **kw)
+
+
+def initial_masks(groups=K):
+  """The random start generate_masks draws from key 7 for ``groups`` identities (first half of the split)."""
+  init_key, _ = jax.random.split(jax.random.key(7))
+  return jax.random.uniform(init_key, (groups, SIZE, SIZE, 3), jnp.float32, -EPS, EPS)
+
+
+@pytest.mark.parametrize("method", ascent.METHODS)
+def test_mask_in_budget_and_objective_rises(method):
+  masks, trace = run(method)
+  assert masks.shape == (K, SIZE, SIZE, 3) and masks.dtype == jnp.float32
+  assert trace.shape == (K, STEPS)
+  assert float(jnp.max(jnp.abs(masks))) <= EPS
+  pooled = IMAGES.reshape(1, K * N, SIZE, SIZE, 3) if method == "fi-uap-all" else IMAGES
+  groups = pooled.shape[0]
+
+  @jax.jit
+  @jax.vmap
+  def objective_of_mask(images, mask):
+    return independent_objective(method, jnp.clip(images + mask, 0, 255), images)
+
+  before = objective_of_mask(pooled, initial_masks(groups))
+  after = objective_of_mask(pooled, masks[:groups])
+  assert np.all(np.asarray(after) > np.asarray(before)), (before, after)
+  if method != "opom-convex":  # (the trace of opom-convex starts with a class-centre warm-up step)
+    # The trace records J of the *clipped* masked images with the initial masks.
+    np.testing.assert_allclose(trace[:groups, 0], before, rtol=1e-4)
+
+
+def test_initial_mask_is_drawn_uniformly_from_key():
+  init = initial_masks()
+  assert float(jnp.max(jnp.abs(init))) <= EPS and float(jnp.std(init)) > EPS / 2.5  # U(-8, 8): std 4.6
+  one_step = ascent.generate_masks(embed, IMAGES, method="fi-uap", key=jax.random.key(7), epsilon=EPS,
+                                   step_size=ALPHA, steps=1)
+  assert float(jnp.max(jnp.abs(one_step - init))) <= ALPHA  # one step away from the drawn start
+
+
+def test_one_step_matches_a_direct_implementation_of_alg1():
+  init = jnp.asarray(np.random.default_rng(3).uniform(-EPS, EPS, (K, SIZE, SIZE, 3)), jnp.float32)
+  masks, trace = ascent.generate_masks(embed, IMAGES, method="fi-uap", init=init, epsilon=EPS, step_size=ALPHA,
+                                       steps=1, return_trace=True)
+  for i in range(K):
+    x = np.asarray(IMAGES[i])
+    clean = np.asarray(embed(IMAGES[i]))
+    masked = np.clip(x + np.asarray(init[i]), 0, 255)
+
+    def loss(m):
+      return jnp.mean(jnp.square(embed(m) - clean))
+
+    value, grad = jax.value_and_grad(loss)(jnp.asarray(masked))
+    g = np.asarray(grad).mean(axis=0)
+    expected = np.clip(np.asarray(init[i]) + ALPHA * np.sign(g), -EPS, EPS)
+    decided = np.abs(g) > 1e-6 * np.abs(g).max()  # where the sign is not at the mercy of round-off
+    assert decided.mean() > 0.95
+    np.testing.assert_array_equal(np.asarray(masks[i])[decided], expected[decided])
+    np.testing.assert_allclose(trace[i, 0], value, rtol=1e-4)
+    unclipped = loss(jnp.asarray(x + np.asarray(init[i])))
+    assert abs(float(unclipped) - float(value)) > 1e-4 * abs(float(value))  # clipping did matter here
+
+
+def test_same_key_or_init_gives_identical_masks():
+  first, _ = run("opom-convex")
+  again = ascent.generate_masks(embed, IMAGES, method="opom-convex", key=jax.random.key(7), epsilon=EPS,
+                                step_size=ALPHA, steps=STEPS, warmup_center_steps=1)
+  np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
+  from_init = ascent.generate_masks(embed, IMAGES, method="opom-convex", init=initial_masks(), epsilon=EPS,
+                                    step_size=ALPHA, steps=STEPS, warmup_center_steps=1)
+  np.testing.assert_array_equal(np.asarray(first), np.asarray(from_init))
+  other = ascent.generate_masks(embed, IMAGES, method="opom-convex", key=jax.random.key(8), epsilon=EPS,
+                                step_size=ALPHA, steps=STEPS, warmup_center_steps=1)
+  assert not np.array_equal(np.asarray(first), np.asarray(other))
+
+
+def test_fi_uap_all_is_one_mask_for_the_pooled_identities():
+  masks, _ = run("fi-uap-all")
+  assert all(np.array_equal(np.asarray(masks[0]), np.asarray(m)) for m in masks[1:])
+  pooled = ascent.generate_masks(embed, IMAGES.reshape(1, K * N, SIZE, SIZE, 3), method="fi-uap",
+                                 key=jax.random.key(7), epsilon=EPS, step_size=ALPHA, steps=STEPS)
+  np.testing.assert_array_equal(np.asarray(masks[0]), np.asarray(pooled[0]))
+
+
+def test_warm_start_uses_class_centre_steps():
+  centre, centre_trace = run("opom-center")
+  convex, convex_trace = run("opom-convex")  # warmup_center_steps=1
+  np.testing.assert_array_equal(np.asarray(convex_trace[:, 0]), np.asarray(centre_trace[:, 0]))
+  assert not np.array_equal(np.asarray(convex_trace[:, 1:]), np.asarray(centre_trace[:, 1:]))
+  all_centre = ascent.generate_masks(embed, IMAGES, method="opom-convex", key=jax.random.key(7), epsilon=EPS,
+                                     step_size=ALPHA, steps=STEPS, warmup_center_steps=STEPS)
+  np.testing.assert_array_equal(np.asarray(all_centre), np.asarray(centre))
+
+
+def test_momentum_and_dfanet_paths():
+  """DFANet-M (official --DFANet 1): momentum plus dropout keys, with params passed apart from the function."""
+
+  def apply_embed(params, images, key=None):
+    return APPLY(params, images, key)[0]
+
+  common = dict(method="opom-center", epsilon=EPS, step_size=ALPHA, steps=STEPS, momentum=1.0, dfanet=True,
+                params=PARAMS)
+  masks = ascent.generate_masks(apply_embed, IMAGES, key=jax.random.key(7), **common)
+  again = ascent.generate_masks(apply_embed, IMAGES, key=jax.random.key(7), **common)
+  other = ascent.generate_masks(apply_embed, IMAGES, init=initial_masks(), key=jax.random.key(9), **common)
+  assert float(jnp.max(jnp.abs(masks))) <= EPS and float(jnp.max(jnp.abs(other))) <= EPS
+  np.testing.assert_array_equal(np.asarray(masks), np.asarray(again))
+  # Same start, different dropout keys: different masks (the dropout is live).
+  assert not np.array_equal(np.asarray(masks), np.asarray(other))
+  plain, _ = run("opom-center")
+  assert not np.array_equal(np.asarray(masks), np.asarray(plain))
+
+
+def test_momentum_zero_is_plain_signed_gradient():
+  plain, _ = run("opom-center")
+  with_zero, _ = run("opom-center", momentum=0.0)
+  np.testing.assert_array_equal(np.asarray(with_zero), np.asarray(plain))
+  with_momentum, _ = run("opom-center", momentum=0.9)
+  assert float(jnp.max(jnp.abs(with_momentum))) <= EPS
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(images=IMAGES[0]), "images"),
+    (dict(images=IMAGES.astype(jnp.int32)), "images"),
+    (dict(images=IMAGES / 255.0 - 0.5), r"\[0, 255\]"),
+    (dict(method="opom"), "method"),
+    (dict(epsilon=0.0), "epsilon"),
+    (dict(step_size=-1.0), "step_size"),
+    (dict(steps=0), "steps"),
+    (dict(init=jnp.zeros((K, SIZE, SIZE))), "init"),
+    (dict(key=None), "key"),
+    (dict(method="gd-uap"), "activations_fn"),
+    (dict(momentum=-0.5), "momentum"),
+    (dict(warmup_center_steps=-1), "warmup_center_steps"),
+    (dict(method="opom-convex", lower=0.5, upper=1.0), "lower"),
+    (dict(parallel="threads"), "parallel"),
+    (dict(embed_fn="ir50"), "embed_fn"),
+])
+def test_bad_arguments_raise_value_error_naming_them(change, match):
+  kw = dict(embed_fn=embed, images=IMAGES, method="fi-uap", key=jax.random.key(0))
+  kw.update(change)
+  with pytest.raises(ValueError, match=match):
+    ascent.generate_masks(kw.pop("embed_fn"), kw.pop("images"), **kw)
