@@ -91,8 +91,8 @@ def _conv_net():
       helper.make_node("Conv", ["x1", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
       helper.make_node("BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["n1"], epsilon=1e-3),
       helper.make_node("PRelu", ["n1", "slope"], ["a1"]),
-      helper.make_node("Conv", ["a1", "wdw"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2],
-                       group=c),
+      helper.make_node("Conv", ["a1", "wdw"], ["c2"], kernel_shape=[3, 3], pads=[2, 2, 2, 2], strides=[2, 2],
+                       dilations=[2, 2], group=c),
       helper.make_node("MaxPool", ["a1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
       helper.make_node("Add", ["c2", "p1"], ["r1"]),
       helper.make_node("Relu", ["r1"], ["a2"]),
@@ -151,6 +151,16 @@ def test_shape_arithmetic_and_matmul_match_onnxruntime():
   model = _reshape_net()
   x = RNG.randn(2, 4, 5, 5).astype(np.float32)
   _assert_close(_jax(model, x), _ort(model, {"x": x}))
+
+
+@pytest.mark.parametrize("strides,pads,dilations", [((1, 1), [(1, 1), (1, 1)], (1, 1)),
+                                                     ((2, 1), [(0, 2), (1, 0)], (1, 2))])
+def test_depthwise_conv_equals_grouped_conv(strides, pads, dilations):
+  x = jnp.asarray(RNG.randn(2, 5, 9, 8).astype(np.float32))
+  w = jnp.asarray(RNG.randn(5, 1, 3, 2).astype(np.float32))
+  ref = jax.lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilations, feature_group_count=5,
+                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+  _assert_close(np.asarray(onnx_jax.depthwise_conv(x, w, strides, pads, dilations)), np.asarray(ref))
 
 
 def test_blocked_dequantisation_is_folded_into_exact_params():
@@ -279,6 +289,7 @@ def sface_reference(sface_onnx, chips):
   return np.concatenate([_ort(model, {"data": chips[i:i + 1].transpose(0, 3, 1, 2)}) for i in range(len(chips))])
 
 
+@pytest.mark.real_data
 def test_sface_graph_normalises_rgb_itself(sface_onnx):
   graph, params = onnx_jax.convert(onnx_jax.read_onnx(sface_onnx))
   assert [n.op_type for n in graph.nodes[:3]] == ["Sub", "Mul", "Conv"]
@@ -286,6 +297,7 @@ def test_sface_graph_normalises_rgb_itself(sface_onnx):
   assert params[graph.nodes[1].inputs[1]].item() == 1 / 128
 
 
+@pytest.mark.real_data
 def test_sface_jax_matches_onnxruntime_on_lfw(sface, chips, sface_reference):
   emb, acts = jax.jit(sface.net_fn)(sface.params, chips)
   emb = np.asarray(emb)
@@ -302,6 +314,7 @@ def test_sface_jax_matches_onnxruntime_on_lfw(sface, chips, sface_reference):
   _assert_close(single, emb[2:3], rtol=1e-4)
 
 
+@pytest.mark.real_data
 def test_sface_gradients_are_finite_and_nonzero(sface, chips):
   direction = jnp.asarray(RNG.randn(sface.embedding_size).astype(np.float32))
   grad = jax.jit(jax.grad(lambda x: jnp.sum(sface.embed_native(x) @ direction)))(jnp.asarray(chips[:2]))
@@ -310,6 +323,7 @@ def test_sface_gradients_are_finite_and_nonzero(sface, chips):
   assert (np.abs(grad).reshape(2, -1).max(1) > 0).all()
 
 
+@pytest.mark.real_data
 def test_sface_target_agrees_with_surrogate_in_canonical_frame(sface_onnx, sface, chips, monkeypatch):
   monkeypatch.setenv("OPOMJAX_SHARED", str(sface_onnx.parent.parent))
   target = registry.load_target("sface_onnx")

@@ -709,16 +709,39 @@ def _conv(xp, node, inputs, ctx, **_):
   strides = tuple(node.attrs.get("strides", [1] * n))
   dilations = tuple(node.attrs.get("dilations", [1] * n))
   pads = _spatial_pads(node, x.shape[2:], kernel, strides, dilations)
-  spatial = "HW" if n == 2 else ("H" if n == 1 else "DHW")
-  y = jax.lax.conv_general_dilated(
-      x, w, window_strides=strides, padding=pads, rhs_dilation=dilations,
-      dimension_numbers=("NC" + spatial, "OI" + spatial, "NC" + spatial),
-      feature_group_count=node.attrs.get("group", 1))
+  group = node.attrs.get("group", 1)
+  if group > 1 and group == x.shape[1] == w.shape[0] and w.shape[1] == 1 and jax.default_backend() == "cpu":
+    y = depthwise_conv(x, w, strides, pads, dilations)
+  else:
+    spatial = "HW" if n == 2 else ("H" if n == 1 else "DHW")
+    y = jax.lax.conv_general_dilated(
+        x, w, window_strides=strides, padding=pads, rhs_dilation=dilations,
+        dimension_numbers=("NC" + spatial, "OI" + spatial, "NC" + spatial), feature_group_count=group)
   if len(inputs) > 2 and inputs[2] is not None:
     y = y + jnp.reshape(inputs[2], (1, -1) + (1,) * n)
   if ctx.key is not None:
     y = dfanet_dropout(y, jax.random.fold_in(ctx.key, ctx.conv_index), ctx.dropout_rate)
   ctx.conv_index += 1
+  return y
+
+
+def depthwise_conv(x: jax.Array, w: jax.Array, strides, pads, dilations) -> jax.Array:
+  """Depthwise convolution (NC..., weights ``(C, 1, k...)``) as a sum of shifted, strided slices.
+
+  Equal to ``lax.conv_general_dilated`` with ``feature_group_count=C``; XLA fuses the sum into one loop,
+  which on CPU runs about twice as fast as its grouped convolution (forward and backward).
+  """
+  n = x.ndim - 2
+  x = jnp.pad(x, [(0, 0), (0, 0)] + [tuple(p) for p in pads])
+  kernel = w.shape[2:]
+  out = [(x.shape[2 + a] - (kernel[a] - 1) * dilations[a] - 1) // strides[a] + 1 for a in range(n)]
+  y = None
+  for offset in np.ndindex(*kernel):
+    start = [0, 0] + [offset[a] * dilations[a] for a in range(n)]
+    limit = list(x.shape[:2]) + [start[2 + a] + (out[a] - 1) * strides[a] + 1 for a in range(n)]
+    window = jax.lax.slice(x, start, limit, (1, 1) + tuple(strides))
+    term = window * jnp.reshape(w[(slice(None), 0) + offset], (1, -1) + (1,) * n)
+    y = term if y is None else y + term
   return y
 
 
