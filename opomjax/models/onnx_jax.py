@@ -24,10 +24,11 @@ How the graph becomes a pure function:
 Supported operators: see :data:`SUPPORTED_OPS`. Anything else raises :class:`UnsupportedOpError` naming the
 operator and the node.
 
-Why not ``jaxonnxruntime``: its newest release (0.3.0, PyPI) imports with jax 0.10.2 but implements neither
-``DequantizeLinear`` nor ``QuantizeLinear`` (``NotImplementedError: DequantizeLinear is not implemented`` on the
-SFace file), pins ``onnx==1.12`` in its extras and jit-compiles node by node; a focused interpreter that
-folds the weight dequantisation at load and exposes the parameters as a pytree is shorter than adapting it.
+Why not ``jaxonnxruntime``: its newest release (0.3.0 on PyPI) installs and imports with jax 0.10.2, but on
+the SFace file it stops at ``NotImplementedError: DequantizeLinear is not implemented``; with the weights
+dequantised beforehand it has no opset-21 handlers (``Flatten version 21 is not implemented``), and declared
+as opset 13 it lacks ``PRelu`` version 9. It also pins ``onnx==1.12`` in its extras. A focused interpreter
+that folds the weight dequantisation at load and returns the parameters as a pytree is the smaller piece.
 
 Example::
 
@@ -267,9 +268,8 @@ def convert(
   for i, proto in enumerate(g.node):
     node = _node_from_proto(proto, i)
     if node.op_type not in _OPS:
-      raise UnsupportedOpError(f"ONNX operator {node.op_type!r} (node {node.name!r}) is not supported by "
-                               f"the JAX interpreter; supported: {', '.join(SUPPORTED_OPS)}")
-    if any(name in dynamic for name in node.inputs) or node.op_type in _NEVER_FOLD:
+      raise _unsupported(node)
+    if any(name in dynamic for name in node.inputs):
       runtime.append(node)
       dynamic.update(node.outputs)
       continue
@@ -343,11 +343,15 @@ def run_graph(
   return env[graph.output_name], recorded
 
 
+def _unsupported(node: Node) -> UnsupportedOpError:
+  return UnsupportedOpError(f"ONNX operator {node.op_type!r} (node {node.name!r}) is not supported by the JAX "
+                            f"interpreter; supported: {', '.join(SUPPORTED_OPS)}")
+
+
 def _run_node(node: Node, inputs: list[Any], opset: int, ctx: _Context) -> list[Any]:
   fn = _OPS.get(node.op_type)
   if fn is None:
-    raise UnsupportedOpError(f"ONNX operator {node.op_type!r} (node {node.name!r}) is not supported by the "
-                             f"JAX interpreter; supported: {', '.join(SUPPORTED_OPS)}")
+    raise _unsupported(node)
   xp = np if all(v is None or isinstance(v, (np.ndarray, np.generic)) for v in inputs) else jnp
   out = fn(xp, node, inputs, opset=opset, ctx=ctx)
   return list(out) if isinstance(out, (list, tuple)) else [out]
@@ -358,8 +362,6 @@ def _run_node(node: Node, inputs: list[Any], opset: int, ctx: _Context) -> list[
 # input is a static constant (load-time folding, shape arithmetic) and jax.numpy otherwise.
 
 _OPS: dict[str, Callable] = {}
-#: Operators evaluated at run time even when their inputs are constant.
-_NEVER_FOLD = frozenset()
 #: Input positions that must be static (read as numpy, never parameters).
 _STATIC_SLOTS = {
     "Reshape": (1,), "Unsqueeze": (1,), "Squeeze": (1,), "Dropout": (1, 2), "Slice": (1, 2, 3, 4),
