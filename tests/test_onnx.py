@@ -229,10 +229,25 @@ def test_fixed_batch_graph_runs_batches_with_pixel_options(tmp_path, layout, ord
   ref = np.concatenate([_ort(model, {"x": x[i:i + 1]}) for i in range(3)])
   frame = frame_lib.make_frame("tiny", (8, 8), frame_lib.ARCFACE_112_LANDMARKS / 14)
   options = dict(input_frame=frame, channel_order=order, pixel_scale=scale, pixel_offset=offset)
-  target = onnx_target.load_onnx_target(path, **options)
+  target = registry.load_target(str(path), **options)  # *.onnx paths route to onnxruntime
   _assert_close(target.embed_fn(images), ref)
-  surrogate = onnx_jax.load_onnx_model(path, **options)
+  surrogate = registry.load_model(str(path), **options)  # ... and to the JAX interpreter
   _assert_close(np.asarray(jax.jit(surrogate.net_fn)(surrogate.params, images)[0]), ref)
+
+
+def test_bad_arguments_raise_clear_errors(tmp_path):
+  path = tmp_path / "fixed.onnx"
+  onnx.save(_fixed_batch_net(), str(path))
+  frame = frame_lib.make_frame("tiny", (8, 8), frame_lib.ARCFACE_112_LANDMARKS / 14)
+  with pytest.raises(ValueError, match="channel_order"):
+    onnx_jax.load_onnx_model(path, input_frame=frame, channel_order="GBR")
+  with pytest.raises(ValueError, match="activation_nodes"):
+    onnx_jax.load_onnx_model(path, input_frame=frame, activation_nodes=["no_such_node"])
+  with pytest.raises(ValueError, match="no graph output named 'emb'"):
+    onnx_target.load_onnx_target(path, input_frame=frame, output_name="emb")
+  model = onnx_jax.load_onnx_model(path, input_frame=frame)
+  with pytest.raises(ValueError, match=r"images must have shape \(b, h, w, 3\)"):
+    model.net_fn(model.params, np.zeros((8, 8, 3), np.float32))
 
 
 def test_dfanet_dropout_masks_conv_outputs():

@@ -365,8 +365,8 @@ _OPS: dict[str, Callable] = {}
 #: Input positions that must be static (read as numpy, never parameters).
 _STATIC_SLOTS = {
     "Reshape": (1,), "Unsqueeze": (1,), "Squeeze": (1,), "Dropout": (1, 2), "Slice": (1, 2, 3, 4),
-    "Pad": (1, 3), "Expand": (1,), "Tile": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,),
-    "ReduceL2": (1,), "Split": (1,), "ConstantOfShape": (0,), "Gather": (1,),
+    "Pad": (1, 3), "Expand": (1,), "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,),
+    "ReduceL2": (1,), "ConstantOfShape": (0,), "Gather": (1,),
 }
 
 
@@ -404,7 +404,7 @@ for _name, _fn in {
     "Mul": lambda xp, a, b: a * b,
     "Div": lambda xp, a, b: _divide(xp, a, b),
     "Pow": lambda xp, a, b: xp.power(a, b),
-    "Relu": lambda xp, a: xp.maximum(a, 0),
+    "Relu": lambda xp, a: xp.where(a > 0, a, 0).astype(a.dtype),
     "Sigmoid": lambda xp, a: 1 / (1 + xp.exp(-a)) if xp is np else jax.nn.sigmoid(a),
     "Tanh": lambda xp, a: xp.tanh(a),
     "Exp": lambda xp, a: xp.exp(a),
