@@ -92,15 +92,26 @@ def test_similarity_transform_rejects_bad_points():
 # ------------------------------------------------------------------------------------------- warping
 
 
-def test_bilinear_sampling_matches_scipy_map_coordinates():
+def test_affine_sampling_matches_scipy_map_coordinates_and_the_border_rule():
   rng = np.random.default_rng(2)
   image = rng.uniform(0, 255, (7, 9, 3)).astype(np.float32)
-  x, y = rng.uniform(-1.5, 9.5, 2000), rng.uniform(-1.5, 7.5, 2000)
-  x[:4], y[:4] = [0.0, 8.0, 8.0 + 1e-7, -1e-7], [6.0, 0.0, 3.0, 3.0]
-  ours = align_lib._sample_bilinear(image, x, y)  # pylint: disable=protected-access
-  ref = np.stack([ndimage.map_coordinates(image[..., k], np.stack([y, x]), order=1, mode="constant", cval=0.0)
-                  for k in range(3)], axis=-1)
-  np.testing.assert_allclose(ours, ref, atol=1e-3)
+  matrix = np.array([[0.37, -0.21, -1.3], [0.18, 0.41, -1.1]])  # output index -> image index
+  out = align_lib._affine_sample(image, matrix, (40, 50))  # pylint: disable=protected-access
+  v, u = np.mgrid[0:40, 0:50]
+  src = faces.apply_transform(matrix, np.stack([u, v], -1).astype(float))
+  x, y = src[..., 0], src[..., 1]
+  ref = np.stack([ndimage.map_coordinates(image[..., k], np.stack([y.ravel(), x.ravel()]), order=1,
+                                          mode="constant", cval=0.0).reshape(x.shape) for k in range(3)], -1)
+  inside = (x >= 0) & (x <= 8) & (y >= 0) & (y <= 6)
+  band = (x >= -0.5) & (x < 8.5) & (y >= -0.5) & (y < 6.5) & ~inside
+  outside = ~inside & ~band
+  assert inside.sum() > 100 and band.sum() > 10 and outside.sum() > 100
+  np.testing.assert_allclose(out[inside], ref[inside], atol=1e-3)
+  clamped = np.stack([ndimage.map_coordinates(image[..., k], np.stack([np.clip(y, 0, 6).ravel(),
+                                                                        np.clip(x, 0, 8).ravel()]), order=1)
+                      .reshape(x.shape) for k in range(3)], -1)
+  np.testing.assert_allclose(out[band], clamped[band], atol=1e-3)
+  assert np.all(out[outside] == 0)
 
 
 def ramp_photo(h=300, w=260) -> np.ndarray:
@@ -121,11 +132,12 @@ def test_warp_to_frame_samples_the_photo_at_the_inverse_transform():
     v, u = np.mgrid[0:128, 0:128]
     src = faces.apply_transform(faces.invert_transform(transform), np.stack([u, v], -1).astype(float))
     inside = (src[..., 0] >= 0) & (src[..., 0] <= 259) & (src[..., 1] >= 0) & (src[..., 1] <= 299)
+    outside = (src[..., 0] < -0.5) | (src[..., 0] >= 259.5) | (src[..., 1] < -0.5) | (src[..., 1] >= 299.5)
     expected = np.stack([src[..., 0], src[..., 1], 0.5 * src[..., 0] + 0.25 * src[..., 1]], -1)
     assert inside.mean() > 0.15
-    seen_outside += np.sum(~inside)
+    seen_outside += np.sum(outside)
     np.testing.assert_allclose(chip[inside], expected[inside], atol=2e-2)
-    assert np.all(chip[~inside] == 0)
+    assert np.all(chip[outside] == 0)
     # With antialiasing (shrinking 2x or more) the photo is box-averaged first; block averages of a ramp are
     # the ramp at the block centres, so the samples agree away from the photo's border.
     factor = int(1 / align_lib.transform_scale(transform))

@@ -5,9 +5,11 @@ integers (the convention of :mod:`opomjax.frame` landmarks). A ``transform`` is 
 mapping a photo point ``p`` to the chip point ``A p + t``; ``A = s R`` is a rotation scaled by ``s`` (no
 reflection).
 
-Sampling is bilinear; a sample whose source point lies outside the source image is 0 (the semantics of
-``scipy.ndimage.map_coordinates(order=1, mode="constant")``). When a photo is shrunk by 2x or more, it is first
-box-averaged by the integer factor ``floor(1 / s)`` so that the chip does not alias.
+Sampling is bilinear (Pillow's ``Image.transform`` with ``AFFINE``, ``BILINEAR``, one float32 ``"F"`` image per
+channel): a sample at a source point within ``[0, w - 1] x [0, h - 1]`` is the bilinear interpolation of its
+four neighbours; in the half-pixel band around it the nearest edge pixels are used, and beyond it the sample
+is 0. When a photo is shrunk by 2x or more, it is first box-averaged by the integer factor ``floor(1 / s)``
+so that the chip does not alias.
 
 The way back (:func:`warp_from_frame`, :func:`apply_mask_to_photo`) samples the chip at ``A p + t`` for every
 photo pixel ``p``; the *footprint* of the frame is the set of photo pixels whose chip point lies inside
@@ -20,6 +22,7 @@ import dataclasses
 from typing import Sequence, Union
 
 import numpy as np
+from PIL import Image
 
 from opomjax.faces.detect import Detection, detect_faces
 from opomjax.faces.io import load_photo
@@ -149,24 +152,28 @@ def _box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
   return padded.reshape((h + ph) // factor, factor, (w + pw) // factor, factor, c).mean(axis=(1, 3))
 
 
-def _sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """Bilinear samples of ``(h, w, c)`` at index coordinates ``x, y`` (any equal shape).
+def _affine_sample(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+  """Bilinear samples of ``image`` ``(h, w, c)`` at ``matrix @ (x, y, 1)`` for every output pixel ``(x, y)``.
 
-  A sample whose point lies outside ``[0, w - 1] x [0, h - 1]`` is 0 (``scipy.ndimage.map_coordinates`` with
-  ``order=1, mode="constant"``).
+  ``matrix`` ``(2, 3)`` maps output index coordinates to ``image`` index coordinates. Returns
+  ``(out_h, out_w, c)`` float32 (see the module docstring for the border rule).
   """
-  h, w, c = image.shape
-  inside = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
-  x = np.clip(x, 0, w - 1)
-  y = np.clip(y, 0, h - 1)
-  x0 = np.minimum(np.floor(x).astype(np.intp), max(w - 2, 0))
-  y0 = np.minimum(np.floor(y).astype(np.intp), max(h - 2, 0))
-  x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-  fx = (x - x0)[..., None].astype(np.float32)
-  fy = (y - y0)[..., None].astype(np.float32)
-  top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
-  bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
-  return np.where(inside[..., None], top * (1 - fy) + bottom * fy, np.float32(0)).astype(np.float32)
+  linear = matrix[:, :2]
+  # Pillow works in continuous coordinates (pixel centres at index + 0.5).
+  offset = matrix[:, 2] + 0.5 - linear @ [0.5, 0.5]
+  data = (linear[0, 0], linear[0, 1], offset[0], linear[1, 0], linear[1, 1], offset[1])
+  size = (int(out_hw[1]), int(out_hw[0]))
+  planes = [
+      np.asarray(Image.fromarray(np.ascontiguousarray(image[..., k], np.float32), mode="F").transform(
+          size, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR))
+      for k in range(image.shape[-1])
+  ]
+  return np.stack(planes, axis=-1)
+
+
+def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+  """The affine map ``p -> outer(inner(p))`` of two ``(2, 3)`` maps."""
+  return np.concatenate([outer[:, :2] @ inner[:, :2], (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]], 1)
 
 
 def warp_to_frame(image, transform, frame: Frame = CANONICAL, *, antialias: bool = True) -> np.ndarray:
@@ -184,38 +191,63 @@ def warp_to_frame(image, transform, frame: Frame = CANONICAL, *, antialias: bool
   image = _check_image(image, "image")
   transform = _check_transform(transform)
   height, width = frame.size
-  v, u = np.mgrid[0:height, 0:width].astype(np.float64)
-  src = apply_transform(invert_transform(transform), np.stack([u, v], axis=-1))
+  chip_to_photo = invert_transform(transform)
   factor = max(1, int(np.floor(1.0 / transform_scale(transform)))) if antialias else 1
   # Only the photo window the samples reach is converted (and reduced), aligned to the reduction blocks.
   h, w = image.shape[:2]
-  lo = np.maximum(np.floor(src.reshape(-1, 2).min(0)).astype(int) - 1, 0) // factor * factor
-  hi = np.ceil(src.reshape(-1, 2).max(0)).astype(int) + 2
+  corners = apply_transform(chip_to_photo, [[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]])
+  lo = np.maximum(np.floor(corners.min(0)).astype(int) - 1, 0) // factor * factor
+  hi = np.ceil(corners.max(0)).astype(int) + 2
   hi = np.minimum(lo + -(-(hi - lo) // factor) * factor, [w, h])
   if np.any(hi <= lo):
     return np.zeros((height, width, image.shape[-1]), np.float32)
   window = image[lo[1]:hi[1], lo[0]:hi[0]].astype(np.float32)
-  src = src - lo
+  # chip -> window index coordinates; reduced pixel j averages pixels factor*j .. factor*j + factor-1
+  to_window = np.array([[1.0 / factor, 0, -lo[0] / factor - (factor - 1) / (2 * factor)],
+                        [0, 1.0 / factor, -lo[1] / factor - (factor - 1) / (2 * factor)]])
   if factor >= 2:
     window = _box_reduce(window, factor)
-    # reduced pixel j averages pixels factor*j .. factor*j + factor-1, centred at factor*j + (factor-1)/2
-    src = (src - (factor - 1) / 2) / factor
-  return _sample_bilinear(window, src[..., 0], src[..., 1])
+  return _affine_sample(window, _compose(to_window, chip_to_photo), (height, width))
 
 
-def _footprint_window(transform: np.ndarray, chip_hw: tuple[int, int], photo_hw: tuple[int, int]):
-  """The photo pixel rows/cols bounding the chip's footprint, clipped to the photo (slices)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Footprint:
+  """The photo window around a frame's footprint: its slices, chip coordinates and border distances."""
+
+  rows: slice
+  cols: slice
+  chip_coords: np.ndarray  # (rows, cols, 2) chip point of each window pixel
+  border: np.ndarray  # (rows, cols) distance to the nearest chip border in photo pixels, < 0 outside
+
+  @property
+  def empty(self) -> bool:
+    return self.rows.stop <= self.rows.start or self.cols.stop <= self.cols.start
+
+  def sample(self, transform: np.ndarray, chip: np.ndarray) -> np.ndarray:
+    """Bilinear samples ``(rows, cols, c)`` of the chip at each window pixel's chip point."""
+    window_to_photo = np.array([[1.0, 0, self.cols.start], [0, 1.0, self.rows.start]])
+    return _affine_sample(chip, _compose(transform, window_to_photo), self.border.shape)
+
+
+def _footprint(transform: np.ndarray, chip_hw: tuple[int, int], photo_hw: tuple[int, int]) -> _Footprint:
   height, width = chip_hw
-  corners = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], np.float64)
-  photo_corners = apply_transform(invert_transform(transform), corners)
-  lo = np.maximum(np.floor(photo_corners.min(0)).astype(int), 0)
-  hi = np.minimum(np.ceil(photo_corners.max(0)).astype(int) + 1, [photo_hw[1], photo_hw[0]])
-  return slice(lo[1], max(lo[1], hi[1])), slice(lo[0], max(lo[0], hi[0]))
-
-
-def _photo_to_chip_coords(transform: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+  corners = apply_transform(invert_transform(transform), [[0, 0], [width - 1, 0], [0, height - 1],
+                                                          [width - 1, height - 1]])
+  lo = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+  hi = np.maximum(np.minimum(np.ceil(corners.max(0)).astype(int) + 1, [photo_hw[1], photo_hw[0]]), lo)
+  rows, cols = slice(lo[1], hi[1]), slice(lo[0], hi[0])
   y, x = np.mgrid[rows, cols].astype(np.float64)
-  return apply_transform(transform, np.stack([x, y], axis=-1))
+  q = apply_transform(transform, np.stack([x, y], axis=-1))
+  border = np.minimum(np.minimum(q[..., 0], width - 1 - q[..., 0]), np.minimum(q[..., 1], height - 1 - q[..., 1]))
+  # the similarity scales every length by s: chip pixels / s = photo pixels; a tolerance for float rounding
+  border = (border + 1e-6) / transform_scale(transform)
+  return _Footprint(rows, cols, q, border)
+
+
+def _footprint_weights(footprint: _Footprint, feather: float) -> np.ndarray:
+  if feather > 0:
+    return (np.clip(footprint.border / feather, 0.0, 1.0) * (footprint.border >= 0)).astype(np.float32)
+  return (footprint.border >= 0).astype(np.float32)
 
 
 def _photo_hw(photo_shape) -> tuple[int, int]:
@@ -243,18 +275,13 @@ def warp_from_frame(chip_array, transform, photo_shape) -> tuple[np.ndarray, np.
   chip = _check_image(chip[..., None] if squeeze else chip, "chip_array")
   transform = _check_transform(transform)
   h, w = _photo_hw(photo_shape)
-  height, width = chip.shape[:2]
   values = np.zeros((h, w, chip.shape[-1]), np.float32)
   valid = np.zeros((h, w), bool)
-  rows, cols = _footprint_window(transform, (height, width), (h, w))
-  q = _photo_to_chip_coords(transform, rows, cols)
-  tol = 1e-6
-  inside = ((q[..., 0] >= -tol) & (q[..., 0] <= width - 1 + tol) &
-            (q[..., 1] >= -tol) & (q[..., 1] <= height - 1 + tol))
-  q = np.stack([np.clip(q[..., 0], 0, width - 1), np.clip(q[..., 1], 0, height - 1)], axis=-1)
-  sampled = _sample_bilinear(chip, q[..., 0], q[..., 1])
-  values[rows, cols] = np.where(inside[..., None], sampled, 0.0)
-  valid[rows, cols] = inside
+  footprint = _footprint(transform, chip.shape[:2], (h, w))
+  if not footprint.empty:
+    inside = footprint.border >= 0
+    values[footprint.rows, footprint.cols] = footprint.sample(transform, chip) * inside[..., None]
+    valid[footprint.rows, footprint.cols] = inside
   return (values[..., 0] if squeeze else values), valid
 
 
@@ -268,18 +295,9 @@ def frame_footprint(transform, frame: Frame, photo_shape, *, feather: float = 0.
     raise ValueError(f"feather must be >= 0 pixels; got {feather}")
   transform = _check_transform(transform)
   h, w = _photo_hw(photo_shape)
-  height, width = frame.size
   weights = np.zeros((h, w), np.float32)
-  rows, cols = _footprint_window(transform, (height, width), (h, w))
-  q = _photo_to_chip_coords(transform, rows, cols)
-  # distance to the nearest chip border, in chip pixels, then in photo pixels (the similarity scales by s)
-  border = np.minimum.reduce([q[..., 0], width - 1 - q[..., 0], q[..., 1], height - 1 - q[..., 1]])
-  border = border / transform_scale(transform)
-  tol = 1e-6
-  if feather > 0:
-    weights[rows, cols] = np.clip(border / feather, 0.0, 1.0) * (border >= -tol)
-  else:
-    weights[rows, cols] = border >= -tol
+  footprint = _footprint(transform, frame.size, (h, w))
+  weights[footprint.rows, footprint.cols] = _footprint_weights(footprint, feather)
   return weights
 
 
@@ -287,7 +305,8 @@ def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
                         region: Union[str, np.ndarray] = "face", feather: float = 0.0) -> np.ndarray:
   """Adds a chip-space mask to the original photo: the protected photo.
 
-  ``protected = round(clip(photo + footprint * region_weight * warp_back(mask), 0, 255))``
+  ``protected = round(clip(photo + footprint * region_weight * warp_back(mask), 0, 255))``, computed only in
+  the window around the footprint (the rest of the photo is copied).
 
   Args:
     photo: ``(h, w, 3)`` uint8 RGB, the photo the chip was cut from.
@@ -309,7 +328,8 @@ def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
     raise ValueError(f"mask must have shape {tuple(frame.size) + (3,)} for frame {frame.name!r}; got {mask.shape}")
   if not np.all(np.isfinite(mask)):
     raise ValueError("mask must be finite")
-  weights = frame_footprint(transform, frame, photo.shape, feather=feather)
+  if feather < 0:
+    raise ValueError(f"feather must be >= 0 pixels; got {feather}")
   if isinstance(region, str):
     if region != "face":
       raise ValueError(f"region must be 'face' or an (H, W) weight array; got {region!r}")
@@ -317,10 +337,18 @@ def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
     region = np.asarray(region, np.float32)
     if region.shape != tuple(frame.size):
       raise ValueError(f"region weights must have shape {tuple(frame.size)}; got {region.shape}")
-    weights = weights * warp_from_frame(region, transform, photo.shape)[0]
-  values, _ = warp_from_frame(mask, transform, photo.shape)
-  protected = photo.astype(np.float32) + weights[..., None] * values
-  return np.rint(np.clip(protected, 0, 255)).astype(np.uint8)
+  transform = _check_transform(transform)
+  protected = photo.copy()
+  footprint = _footprint(transform, frame.size, photo.shape[:2])
+  if footprint.empty:
+    return protected
+  weights = _footprint_weights(footprint, feather)
+  if not isinstance(region, str):
+    weights *= footprint.sample(transform, region[..., None])[..., 0]
+  values = footprint.sample(transform, mask) * weights[..., None]
+  window = photo[footprint.rows, footprint.cols].astype(np.float32) + values
+  protected[footprint.rows, footprint.cols] = np.rint(np.clip(window, 0, 255)).astype(np.uint8)
+  return protected
 
 
 def align_face(image, detection: Detection, frame: Frame = CANONICAL, *, antialias: bool = True) -> AlignedFace:
