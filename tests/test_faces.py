@@ -316,6 +316,28 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
   np.testing.assert_array_equal(faces.nms(boxes, scores, 0.3), [1, 2, 3])
 
 
+def test_detect_faces_filters_and_sorts_any_detector_callable():
+  def fake_detector(image, score_threshold):
+    assert image.shape == (50, 60, 3) and image.dtype == np.uint8
+    template = np.array(ARCFACE_112.landmarks) / 112
+    made = [faces.Detection(np.array(box, float), score, box[0] + template * (box[2] - box[0]))
+            for box, score in (([0, 0, 10, 10], 0.9), ([0, 0, 40, 30], 0.7), ([5, 5, 25, 25], 0.8))]
+    return [d for d in made if d.score >= score_threshold]
+
+  image = np.zeros((50, 60), np.uint8)  # greyscale: converted by load_photo before detection
+  by_score = faces.detect_faces(image, detector=fake_detector)
+  assert [d.score for d in by_score] == [0.9, 0.8, 0.7]
+  assert [d.area for d in faces.detect_faces(image, detector=fake_detector, sort_by="size")] == [1200, 400, 100]
+  assert [d.size for d in faces.detect_faces(image, detector=fake_detector, min_size=20)] == [20, 30]
+  assert [d.score for d in faces.detect_faces(image, detector=fake_detector, score_threshold=0.75)] == [0.9, 0.8]
+  largest = faces.align_photo(image, detector=fake_detector, min_face_size=0, select="largest")
+  assert largest.score == 0.7
+  with pytest.raises(ValueError, match="score_threshold"):
+    faces.detect_faces(image, detector=fake_detector, score_threshold=1.5)
+  with pytest.raises(ValueError, match="sort_by"):
+    faces.detect_faces(image, detector=fake_detector, sort_by="name")
+
+
 def test_missing_model_error_names_the_environment_variable(tmp_path, monkeypatch):
   monkeypatch.setenv("OPOMJAX_SHARED", str(tmp_path))
   with pytest.raises(FileNotFoundError, match="OPOMJAX_SHARED"):

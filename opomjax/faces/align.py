@@ -186,7 +186,8 @@ def warp_to_frame(image, transform, frame: Frame = CANONICAL, *, antialias: bool
     antialias: box-average the photo first when the transform shrinks it by 2x or more.
 
   Returns:
-    ``(H, W, c)`` float32 chip; pixels whose source lies outside the photo are 0.
+    ``(H, W, c)`` float32 chip; pixels whose source lies outside the photo are 0 (beyond the half-pixel band
+    described in the module docstring).
   """
   image = _check_image(image, "image")
   transform = _check_transform(transform)

@@ -130,6 +130,11 @@ def _load_yunet_graph(path: pathlib.Path) -> bytes:
   return model.SerializeToString()
 
 
+def _padded(n: int) -> int:
+  """``n`` rounded up to a multiple of YuNet's largest stride."""
+  return -(-n // _DIVISOR) * _DIVISOR
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
   """Greedy non-maximum suppression; returns the kept indices, highest score first.
 
@@ -223,8 +228,7 @@ class YuNetDetector:
   def raw_outputs(self, image: np.ndarray) -> dict[str, np.ndarray]:
     """Runs the network on a uint8 RGB image (padded to multiples of 32); returns the 12 head outputs."""
     h, w = image.shape[:2]
-    pad_h, pad_w = -(-h // _DIVISOR) * _DIVISOR, -(-w // _DIVISOR) * _DIVISOR
-    blob = np.zeros((1, 3, pad_h, pad_w), np.float32)
+    blob = np.zeros((1, 3, _padded(h), _padded(w)), np.float32)
     blob[0, :, :h, :w] = image[..., ::-1].transpose(2, 0, 1)  # RGB -> BGR, HWC -> CHW
     return dict(zip(self._output_names, self.session.run(self._output_names, {self._input_name: blob})))
 
@@ -234,21 +238,20 @@ class YuNetDetector:
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
       raise ValueError(f"image must be (h, w, 3) uint8 RGB (see load_photo); got {image.shape} {image.dtype}")
     h, w = image.shape[:2]
-    scale = 1.0
+    scale_xy = np.ones(2)
     if self.max_side is not None and max(h, w) > self.max_side:
       scale = self.max_side / max(h, w)
       size = (max(1, round(w * scale)), max(1, round(h * scale)))
       image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
       scale_xy = np.array([w / size[0], h / size[1]])
-    else:
-      scale_xy = np.ones(2)
-    pad_h, pad_w = -(-image.shape[0] // _DIVISOR) * _DIVISOR, -(-image.shape[1] // _DIVISOR) * _DIVISOR
-    boxes, scores, landmarks = decode_yunet(self.raw_outputs(image), pad_h, pad_w, score_threshold)
-    keep = nms(boxes, scores, self.nms_threshold)
-    # Pixel centres: resized pixel j covers [j, j+1) * scale in the original image.
-    to_photo = lambda p: (p + 0.5) * scale_xy - 0.5 if scale != 1.0 else p
+    boxes, scores, landmarks = decode_yunet(self.raw_outputs(image), _padded(image.shape[0]),
+                                            _padded(image.shape[1]), score_threshold)
+
+    def to_photo(points):  # resized pixel j covers [j, j + 1) * scale of the photo
+      return (points + 0.5) * scale_xy - 0.5
+
     return [Detection(box=to_photo(boxes[i].reshape(2, 2)).reshape(4), score=float(scores[i]),
-                      landmarks=to_photo(landmarks[i])) for i in keep]
+                      landmarks=to_photo(landmarks[i])) for i in nms(boxes, scores, self.nms_threshold)]
 
 
 @functools.lru_cache(maxsize=1)
