@@ -5,8 +5,9 @@ Conversions applied by :func:`load_photo`, in order:
 * EXIF orientation: the pixels are rotated/flipped so that the photo is upright as a viewer sees it
   (``PIL.ImageOps.exif_transpose``); the returned array carries no orientation tag any more.
 * Greyscale (``1``, ``L``, ``I``, ``I;16``, ``F``) is repeated over three channels.
-* 16-bit data (``I;16*`` and ``I`` greyscale) is scaled to 8 bits with ``round(v / 257)`` so that 65535 maps to
-  255. 48-bit RGB PNGs are reduced to 8 bits per channel by Pillow's decoder itself.
+* 16-bit data (``I;16*``, ``I`` and ``F`` greyscale, read as 0-65535) is scaled to 8 bits with
+  ``round(v / 257)``, clipped to [0, 255], so that 65535 maps to 255. 48-bit RGB PNGs are reduced to 8 bits per
+  channel by Pillow's decoder itself (it keeps the high byte).
 * Transparency (``RGBA``, ``LA``, ``PA``, or a palette/greyscale image with a ``transparency`` entry) is
   composited over a **white** background: ``out = a * rgb + (1 - a) * 255`` with ``a = alpha / 255``.
 * Every other mode (``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, palette) is converted to RGB by Pillow.
