@@ -462,6 +462,13 @@ def test_several_faces_are_all_found_and_the_selection_is_defined(lfw_root, dete
   assert largest.box[2] < 250  # the full-size face on the left
   best = faces.align_photo(canvas, detector=detector, select="best")
   assert best.score == max(d.score for d in found)
+  # "central": a 600-wide canvas with the smaller face in the middle and the larger one at the left edge
+  middle = np.full((250, 600, 3), 128, np.uint8)
+  middle[:, :250] = big
+  middle[60:210, 225:375] = canvas[60:210, 300:450]
+  assert faces.align_photo(middle, detector=detector, select="largest").box[2] < 250
+  central = faces.align_photo(middle, detector=detector, select="central")
+  assert 225 <= central.box[0] and central.box[2] <= 375
   every = faces.align_photo(canvas, detector=detector, select="all")
   assert len(every) == 2 and every[0].score >= every[1].score
   by_size = faces.detect_faces(canvas, detector=detector, sort_by="size")

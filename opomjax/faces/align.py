@@ -28,6 +28,8 @@ from opomjax.faces.detect import Detection, detect_faces
 from opomjax.faces.io import load_photo
 from opomjax.frame import CANONICAL, Frame
 
+_SELECTIONS = ("largest", "best", "central", "all")
+
 #: Faces whose detection box is shorter than this (pixels, shorter side) are refused by :func:`align_photo`.
 DEFAULT_MIN_FACE_SIZE = 32.0
 
@@ -376,8 +378,9 @@ def align_photo(image, *, frame: Frame = CANONICAL, detector=None, select: str =
     image: anything :func:`load_photo` accepts (path, file, array).
     frame: the target frame.
     detector: see :func:`detect_faces`.
-    select: with several faces, ``"largest"`` (box area), ``"best"`` (detector score), or ``"all"`` (a list,
-      best score first).
+    select: with several faces, ``"largest"`` (box area), ``"best"`` (detector score), ``"central"`` (box
+      centre nearest the photo's centre: the named person in LFW-style crops, where the largest face can be a
+      bystander's), or ``"all"`` (a list, best score first).
     score_threshold: minimum detector score.
     min_face_size: faces whose box is shorter than this (pixels, shorter side) are not used: a chip upsampled
       from so few pixels carries little identity. 0 accepts every detection.
@@ -389,8 +392,8 @@ def align_photo(image, *, frame: Frame = CANONICAL, detector=None, select: str =
     NoFaceError: no face was detected (``reason="no_face"``), or every detected face is smaller than
       ``min_face_size`` (``reason="too_small"``).
   """
-  if select not in ("largest", "best", "all"):
-    raise ValueError(f"select must be 'largest', 'best' or 'all'; got {select!r}")
+  if select not in _SELECTIONS:
+    raise ValueError(f"select must be one of {', '.join(map(repr, _SELECTIONS))}; got {select!r}")
   if min_face_size < 0:
     raise ValueError(f"min_face_size must be >= 0; got {min_face_size}")
   photo = load_photo(image)
@@ -405,5 +408,10 @@ def align_photo(image, *, frame: Frame = CANONICAL, detector=None, select: str =
         f"(largest {largest:.1f} px); pass a smaller min_face_size to accept them", reason="too_small")
   if select == "all":
     return [align_face(photo, f, frame) for f in usable]
-  chosen = max(usable, key=(lambda f: f.area) if select == "largest" else (lambda f: f.score))
-  return align_face(photo, chosen, frame)
+  centre = (np.array(photo.shape[1::-1], np.float64) - 1) / 2
+  preference = {
+      "largest": lambda f: f.area,
+      "best": lambda f: f.score,
+      "central": lambda f: -np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre),
+  }[select]
+  return align_face(photo, max(usable, key=preference), frame)
