@@ -1028,10 +1028,16 @@ def build_sface(weights: str | os.PathLike | None = None, **options) -> base.Fac
   The graph takes RGB in [0, 255] at 112x112 in the ArcFace template and normalises itself
   (``(x - 127.5) * 0.0078125`` in its first two nodes), so no pixel scaling is added here.
 
+  SFace is a plain chain of 27 convolutions without residual connections, so DFANet dropout compounds: on
+  LFW chips the mean cosine between dropped-out and clean embeddings is 0.93 / 0.87 / 0.67 / 0.23 at rates
+  0.01 / 0.02 / 0.05 / 0.1 (0.16 between different people). The default rate is therefore 0.02, not the
+  0.1 the OPOM code uses for residual networks.
+
   Args:
     weights: the ONNX file (default: ``$OPOMJAX_SHARED/models/face_recognition_sface_2021dec_int8bq.onnx``).
     **options: passed to :func:`load_onnx_model`.
   """
   path = pathlib.Path(weights) if weights is not None else sface_path()
   options.setdefault("name", "sface")
+  options.setdefault("dropout_rate", 0.02)
   return load_onnx_model(path, **options)
