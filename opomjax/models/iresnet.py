@@ -51,6 +51,7 @@ import jax.numpy as jnp
 
 from opomjax import frame as frame_lib
 from opomjax.models import base
+from opomjax.models import layers
 from opomjax.models import torch_convert
 
 #: OPOM's input normalisation for its face.evoLVe IR models: ``(x - 127.5) * 0.078125``.
@@ -66,17 +67,12 @@ STAGE_DEPTHS = (64, 128, 256, 512)
 # Layers shared by the ported networks.
 
 
-def conv_dropout(module: nn.Module, x: jax.Array, rate) -> jax.Array:
-  """DFANet dropout on a conv output (Eq. 15): Bernoulli keep mask, inverted scaling.
+def conv_dropout(module: nn.Module, x: jax.Array, rate: float) -> jax.Array:
+  """DFANet dropout (Eq. 15, :class:`~opomjax.models.layers.DFANetDropout`) on a conv output of ``module``.
 
-  Active only when ``module`` was applied with a ``"dropout"`` PRNG stream and ``rate`` is not a Python
-  zero; ``rate`` may be a traced scalar.
+  Active only when ``module`` was applied with a ``"dropout"`` PRNG stream and ``rate > 0`` (a Python float).
   """
-  if not module.has_rng("dropout") or (isinstance(rate, (int, float)) and rate <= 0.0):
-    return x
-  keep_prob = 1.0 - jnp.asarray(rate, x.dtype)
-  keep = jax.random.bernoulli(module.make_rng("dropout"), keep_prob, x.shape)
-  return jnp.where(keep, x / keep_prob, jnp.zeros_like(x))
+  return layers.DFANetDropout(rate)(x, deterministic=not module.has_rng("dropout"))
 
 
 class PReLU(nn.Module):

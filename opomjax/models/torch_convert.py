@@ -41,6 +41,7 @@ import numpy as np
 
 from opomjax import frame as frame_lib
 from opomjax.models import base
+from opomjax.models import layers
 
 StateDict = dict[str, np.ndarray]
 
@@ -106,7 +107,8 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
       raise ValueError(
           f"could not read {path!r} as a plain PyTorch state dict with weights_only=True: {e}"
       ) from e
-    raw = {k: v.detach().cpu().numpy() for k, v in _unwrap(obj, path).items() if hasattr(v, "detach")}
+    raw = {k: (v.float() if v.is_floating_point() else v).detach().cpu().numpy()  # bf16/f16 -> f32
+           for k, v in _unwrap(obj, path).items() if isinstance(v, torch.Tensor)}
   return _strip_prefixes({k: np.asarray(v) for k, v in raw.items()})
 
 
@@ -237,7 +239,7 @@ def torch_to_flax(
 
 def count_params(variables: Mapping[str, Any]) -> int:
   """Number of trainable parameters (the ``params`` collection), as PyTorch's ``parameters()`` counts."""
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(variables["params"])))
+  return layers.count_parameters(variables["params"])
 
 
 # ---------------------------------------------------------------------------------------------------------
