@@ -215,6 +215,7 @@ def test_momentum_zero_is_plain_signed_gradient():
     (dict(warmup_center_steps=-1), "warmup_center_steps"),
     (dict(method="opom-convex", lower=0.5, upper=1.0), "lower"),
     (dict(parallel="threads"), "parallel"),
+    (dict(solver="cvxpy"), "solver"),
     (dict(embed_fn="ir50"), "embed_fn"),
 ])
 def test_bad_arguments_raise_value_error_naming_them(change, match):

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from opomjax.core import hulls
 from opomjax.core import objectives
 from opomjax.core import parallel as parallel_lib
 
@@ -220,21 +221,25 @@ def identities_masks(cfg: AscentConfig, embed_fn: EmbedFn, activations_fn: Embed
   return jax.vmap(functools.partial(identity_mask, cfg, net))(images, delta0, keys)
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(cfg: AscentConfig, embed_fn: EmbedFn, activations_fn: EmbedFn | None, parallel: str | None,
-              devices: tuple[jax.Device, ...] | None):
+@functools.lru_cache(maxsize=8)
+def _cached_runner(cfg: AscentConfig, embed_fn: EmbedFn, activations_fn: EmbedFn | None, parallel: str | None,
+                   devices: tuple[jax.Device, ...] | None):
+  return _build_runner(cfg, embed_fn, activations_fn, parallel, devices)
+
+
+def _build_runner(cfg, embed_fn, activations_fn, parallel, devices):
   fn = functools.partial(identities_masks, cfg, embed_fn, activations_fn)
   return parallel_lib.distribute(fn, parallel, devices)
 
 
 def _runner(cfg, embed_fn, activations_fn, parallel, devices):
-  """The jitted (and possibly sharded) per-device function, cached when the callables are hashable."""
+  """The jitted (and possibly sharded) per-device function; reused across calls with the same callables."""
   devices = None if devices is None else tuple(devices)
   try:
-    return _compiled(cfg, embed_fn, activations_fn, parallel, devices)
-  except TypeError:  # unhashable callable: build without the cache
-    return parallel_lib.distribute(functools.partial(identities_masks, cfg, embed_fn, activations_fn),
-                                   parallel, devices)
+    hash((embed_fn, activations_fn))
+  except TypeError:  # unhashable callables: compile afresh
+    return _build_runner(cfg, embed_fn, activations_fn, parallel, devices)
+  return _cached_runner(cfg, embed_fn, activations_fn, parallel, devices)
 
 
 def _is_concrete(x) -> bool:
@@ -255,6 +260,8 @@ def validate_config(cfg: AscentConfig, n_images: int) -> None:
     raise ValueError(f"momentum must be None or a non-negative number, got {cfg.momentum}")
   if not isinstance(cfg.warmup_center_steps, (int, np.integer)) or cfg.warmup_center_steps < 0:
     raise ValueError(f"warmup_center_steps must be a non-negative integer, got {cfg.warmup_center_steps!r}")
+  if cfg.solver not in hulls.SOLVERS:
+    raise ValueError(f"solver must be one of {hulls.SOLVERS}, got {cfg.solver!r}")
   if cfg.method == "opom-convex":
     if not cfg.lower <= cfg.upper:
       raise ValueError(f"lower must not exceed upper, got lower={cfg.lower}, upper={cfg.upper}")
