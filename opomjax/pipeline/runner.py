@@ -108,13 +108,14 @@ def groups_of_process(groups: list, process_index: int, process_count: int) -> l
 
 
 def surrogate_fns(model, config):
-  """(embed_fn, activations_fn) for the surrogate; DFANet dropout only when ``config.dropout > 0``."""
+  """(apply_fn, activations_fn) of the surrogate with DFANet dropout rate ``config.dropout``.
+
+  ``apply_fn(params, images[, key])`` keeps the weights out of the compiled program's constants.
+  """
   model = dataclasses.replace(model, dropout_rate=float(config.dropout))
-  if config.dropout > 0:
-    embed_fn = model.embed
-  else:
-    embed_fn = lambda images, key=None: model.embed(images)
-  return embed_fn, model.activations
+  activations = lambda params, images, key=None: model.net_fn(
+      params, model.to_input(images), key=key, dropout_rate=model.dropout_rate)[1]
+  return model.apply, activations
 
 
 def generate(config, protocol, model, workdir, *, method: str, show_progress: bool = True) -> dict:
@@ -124,7 +125,7 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
   k = len(names)
   group_size = k if method == "fi-uap-all" else int(config.group_size)
   groups = groups_of_process(identity_groups(k, group_size), jax.process_index(), jax.process_count())
-  embed_fn, activations_fn = surrogate_fns(model, config)
+  apply_fn, activations_fn = surrogate_fns(model, config)
   metadata = dict(
       frame=protocol.frame_name, epsilon=float(config.epsilon), method=method, surrogate=config.surrogate,
       steps=int(config.steps), seed=int(config.seed), step_size=float(config.step_size),
@@ -140,8 +141,10 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
     if not pending:
       continue
     masks = opomjax.generate_masks(
-        embed_fn,
+        apply_fn,
         jnp.asarray(protocol.train[idx], jnp.float32),
+        params=model.params,
+        dfanet=config.dropout > 0,
         method=method,
         key=jax.random.fold_in(jax.random.PRNGKey(config.seed), g),
         epsilon=float(config.epsilon),
@@ -235,8 +238,8 @@ def initialize_distributed(config) -> None:
   """Joins a multi-process run when ``config.distributed`` is set (CPU: gloo collectives). Idempotent."""
   if not config.get("distributed", False) or jax.distributed.is_initialized():
     return
-  if jax.default_backend() == "cpu" or config.get("coordinator_address"):
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Cross-process collectives between CPU devices (GPU/TPU devices use their own); set before the backend starts.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}
   if config.get("coordinator_address"):
     kwargs = dict(coordinator_address=config.coordinator_address, num_processes=int(config.num_processes),
