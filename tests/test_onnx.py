@@ -70,9 +70,9 @@ def _quantise_blocked(w, axis, block):
 
 
 def _conv_net():
-  """Conv+BN+PRelu, depthwise conv, pooling, residual Add, Concat, Sigmoid, Clip, blocked-DQ Gemm."""
+  """Conv+BN+PRelu, depthwise and strided 1x1 convs, pooling, residual Add, Concat, Sigmoid, Clip, DQ Gemm."""
   c = 8
-  q, s, z = _quantise_blocked(RNG.randn(10, c * 2 * 5 * 5).astype(np.float32), axis=1, block=48)
+  q, s, z = _quantise_blocked(RNG.randn(10, c * 2 * 3 * 3).astype(np.float32), axis=1, block=40)
   qb, sb, zb = _quantise_blocked(RNG.randn(10).astype(np.float32), axis=0, block=4)
   inits = [
       _init("w1", RNG.randn(c, 3, 3, 3).astype(np.float32) * 0.2), _init("b1", RNG.randn(c).astype(np.float32)),
@@ -82,6 +82,8 @@ def _conv_net():
       _init("wdw", RNG.randn(c, 1, 3, 3).astype(np.float32) * 0.3),
       _init("half", np.float32(0.5)), _init("three", np.float32(3.0)), _init("lo", np.float32(-1.0)),
       _init("hi", np.float32(1.5)),
+      _init("wpw", RNG.randn(2 * c, 2 * c, 1, 1).astype(np.float32) * 0.3),
+      _init("bpw", RNG.randn(2 * c).astype(np.float32)),
       _init("wq", q), _init("ws", s), _init("wz", z), _init("bq", qb), _init("bs", sb), _init("bz", zb),
   ]
   nodes = [
@@ -104,10 +106,11 @@ def _conv_net():
       helper.make_node("Mul", ["g3", "half"], ["m3"]),
       helper.make_node("Concat", ["p2", "m3"], ["cat"], axis=1),
       helper.make_node("Clip", ["cat", "lo", "hi"], ["clip"]),
-      helper.make_node("Identity", ["clip"], ["id"]),
+      helper.make_node("Conv", ["clip", "wpw", "bpw"], ["pw"], kernel_shape=[1, 1], strides=[2, 2]),
+      helper.make_node("Identity", ["pw"], ["id"]),
       helper.make_node("Dropout", ["id"], ["drop"]),
       helper.make_node("Flatten", ["drop"], ["flat"]),
-      helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1, block_size=48),
+      helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1, block_size=40),
       helper.make_node("DequantizeLinear", ["bq", "bs", "bz"], ["b"], axis=0, block_size=4),
       helper.make_node("Gemm", ["flat", "w", "b"], ["y"], transB=1, alpha=0.7),
   ]
@@ -169,7 +172,7 @@ def test_blocked_dequantisation_is_folded_into_exact_params():
   assert "DequantizeLinear" not in {n.op_type for n in graph.nodes}
   inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
   # reference: onnxruntime dequantising alone
-  dq = helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1, block_size=48)
+  dq = helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1, block_size=40)
   names = ["wq", "ws", "wz"]
   ref = _ort(_model([dq], [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(inits[n].dtype),
                                                           inits[n].shape) for n in names],
