@@ -144,6 +144,64 @@ def _reshape_net():
   return _model(nodes, [x], [y], inits, opset=18)
 
 
+def _op_zoo():
+  """Every other supported operator, each branch flattened into one output vector."""
+  inits = [_init("one", np.float32(1.0)), _init("two", np.float32(2.0)), _init("zero", np.float32(0.0)),
+           _init("y", RNG.randn(4, 6, 6).astype(np.float32)), _init("z", RNG.randn(6).astype(np.float32)),
+           _init("starts", np.array([0, 5], np.int64)), _init("ends", np.array([3, -100], np.int64)),
+           _init("axes", np.array([1, 3], np.int64)), _init("steps", np.array([1, -2], np.int64)),
+           _init("pads", np.array([0, 0, 1, 2, 0, 1, 2, 0], np.int64)), _init("pad_value", np.float32(0.5)),
+           _init("ax1", np.array([1], np.int64)), _init("ax23", np.array([2, 3], np.int64)),
+           _init("shape_e", np.array([2, 1, 6, 1], np.int64)), _init("scale", np.ones(4, np.float32) * 1.5),
+           _init("bias", np.arange(4, dtype=np.float32)), _init("idx", np.array([[2, 0]], np.int64))]
+  unary = ["Tanh", "Neg", "Floor", "Ceil", "Erf", "Softplus", "Sigmoid", "Abs"]
+  nodes = [helper.make_node(op, ["x"], [op.lower()]) for op in unary]
+  nodes += [
+      helper.make_node("Abs", ["x"], ["ax"]), helper.make_node("Add", ["ax", "one"], ["ax1p"]),
+      helper.make_node("Log", ["ax1p"], ["log"]), helper.make_node("Sqrt", ["ax"], ["sqrt"]),
+      helper.make_node("Reciprocal", ["ax1p"], ["recip"]), helper.make_node("Exp", ["x"], ["exp"]),
+      helper.make_node("Pow", ["x", "two"], ["pow"]),
+      helper.make_node("LeakyRelu", ["x"], ["leaky"], alpha=0.2), helper.make_node("Elu", ["x"], ["elu"]),
+      helper.make_node("HardSigmoid", ["x"], ["hsig"], alpha=0.3), helper.make_node("HardSwish", ["x"], ["hswish"]),
+      helper.make_node("Max", ["x", "y", "z"], ["max"]), helper.make_node("Min", ["x", "y"], ["min"]),
+      helper.make_node("Sum", ["x", "y", "z"], ["sum"]), helper.make_node("Mean", ["x", "z"], ["mean"]),
+      helper.make_node("Greater", ["x", "y"], ["gt"]), helper.make_node("Where", ["gt", "x", "z"], ["where"]),
+      helper.make_node("Less", ["x", "zero"], ["lt"]), helper.make_node("Equal", ["lt", "gt"], ["eq"]),
+      helper.make_node("Cast", ["eq"], ["eqf"], to=TensorProto.FLOAT),
+      helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["slice"]),
+      helper.make_node("Pad", ["x", "pads", "pad_value"], ["pad"]),
+      helper.make_node("Pad", ["x", "pads"], ["pad_reflect"], mode="reflect"),
+      helper.make_node("ReduceSum", ["x", "ax23"], ["rsum"], keepdims=0),
+      helper.make_node("ReduceMax", ["x", "ax1"], ["rmax"], keepdims=1),
+      helper.make_node("ReduceL2", ["x", "ax23"], ["rl2"], keepdims=1),
+      helper.make_node("Squeeze", ["rmax", "ax1"], ["squeeze"]),
+      helper.make_node("GlobalMaxPool", ["x"], ["gmp"]),
+      helper.make_node("Expand", ["gmp", "shape_e"], ["expand"]),
+      helper.make_node("InstanceNormalization", ["x", "scale", "bias"], ["inorm"], epsilon=1e-4),
+      helper.make_node("Softmax", ["x"], ["softmax"], axis=1),
+      helper.make_node("LogSoftmax", ["x"], ["logsoftmax"], axis=-1),
+      helper.make_node("Gather", ["x", "idx"], ["gather"], axis=3),
+      helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Size", ["x"], ["size"]),
+      helper.make_node("ConstantOfShape", ["shape"], ["ones"], value=_init("v", np.array([1.0], np.float32))),
+      helper.make_node("Cast", ["size"], ["sizef"], to=TensorProto.FLOAT),
+      helper.make_node("Mul", ["ones", "sizef"], ["size_map"]),
+  ]
+  branches = [op.lower() for op in unary] + [
+      "log", "sqrt", "recip", "exp", "pow", "leaky", "elu", "hsig", "hswish", "max", "min", "sum", "mean",
+      "where", "eqf", "slice", "pad", "pad_reflect", "rsum", "squeeze", "rl2", "expand", "inorm", "softmax",
+      "logsoftmax", "gather", "size_map"]
+  nodes += [helper.make_node("Flatten", [b], [b + "_flat"]) for b in branches]
+  nodes.append(helper.make_node("Concat", [b + "_flat" for b in branches], ["out"], axis=1))
+  x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6, 6])
+  return _model(nodes, [x], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, None])], inits, opset=18)
+
+
+def test_operator_zoo_matches_onnxruntime():
+  model = _op_zoo()
+  x = RNG.randn(2, 4, 6, 6).astype(np.float32)
+  _assert_close(_jax(model, x), _ort(model, {"x": x}), rtol=1e-5)
+
+
 def test_conv_net_matches_onnxruntime():
   model = _conv_net()
   x = RNG.uniform(0, 255, (3, 3, 15, 15)).astype(np.float32)
