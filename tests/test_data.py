@@ -280,3 +280,30 @@ def test_identity_folder_on_real_lfw_photos(lfw_root, yunet_onnx, tmp_path):
   face = faces.align_photo(str(root / protocol.train_files[0][1]), detector=faces.YuNetDetector(yunet_onnx))
   np.testing.assert_array_equal(protocol.train[0, 1], np.rint(face.chip).astype(np.uint8))
   assert protocol.fallback_files == ()
+
+
+# ------------------------------------------------------------------------------------------------------
+# The clean-baseline launcher's computation, on a protocol whose answer is plain.
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_baseline_accuracy_on_colour_coded_protocol():
+  from experiments import baselines  # pylint: disable=g-import-not-at-top
+
+  def solid(rgb, n):
+    return np.broadcast_to(np.asarray(rgb, np.uint8), (n, 8, 8, 3)).copy()
+
+  # Each person's photos share a colour; distractors have other colours. Embedding = mean colour direction.
+  people = [(200, 20, 20), (20, 200, 20), (20, 20, 200)]
+  test = np.stack([solid(c, 4) for c in people])
+  distractors = np.concatenate([solid((150, 150, 20), 2), solid((20, 150, 150), 2)])
+  protocol = protocols.Protocol(names=("a", "b", "c"), train=test, test=test, distractors=distractors,
+                                frame_name="test", frame_size=(8, 8))
+  embed = lambda x: np.asarray(x, np.float32).mean((1, 2)) - 100.0
+  clean = baselines.baseline(embed, protocol, batch_size=5)
+  assert clean == {"top1": 1.0, "top5": 1.0}  # top10 needs at least 9 distractors
+  # A "mask" that turns person a's photos into distractor 0's colour: a is never found first, b and c always.
+  masks = np.zeros((3, 8, 8, 3), np.float32)
+  masks[0] = np.array([150, 150, 20]) - np.array(people[0])
+  masked = baselines.baseline(embed, protocol, batch_size=5, masks=masks)
+  assert masked["random_mask_top1"] == pytest.approx(2 / 3) and masked["top1"] == 1.0
