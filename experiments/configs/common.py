@@ -2,7 +2,7 @@
 
 Variants (the ``:ARG`` after a config file name): ``dlib`` (surrogate dlib ResNet), ``sface`` (surrogate SFace in
 JAX), each optionally with ``_mdfa`` (momentum + DFANet, the paper's Table 4/5 setting: 100 steps, μ = 1.0,
-dropout 0.1), and ``_full`` (all 62 Privacy-LFW identities; default: the first 10), e.g. ``sface_mdfa_full``.
+dropout 0.1; 0.02 for SFace, whose plain chain of convolutions does not tolerate more), and ``_full`` (all 62 Privacy-LFW identities; default: the first 10), e.g. ``sface_mdfa_full``.
 """
 
 import ml_collections
@@ -56,7 +56,9 @@ def method_config(methods: str, arg: str = "dlib") -> ml_collections.ConfigDict:
   if "mdfa" in parts:
     config.steps = 100
     config.momentum = 1.0
-    config.dropout = 0.1
+    # The paper's rate 0.1 is for residual IR-50s. SFace is a plain chain of 27 convolutions where dropout
+    # compounds: at 0.1 its dropped-out embeddings are near chance (cosine 0.23 to the clean ones), at 0.02 0.87.
+    config.dropout = 0.02 if config.surrogate == "sface" else 0.1
   if "full" in parts:
     config.dataset.num_identities = 0
   return config
