@@ -23,6 +23,8 @@ _DROPOUT = flags.DEFINE_float("dropout", 0.0, "DFANet dropout rate of the surrog
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the mask's random start.")
 _FEATHER = flags.DEFINE_float("feather", 0.0, "Pixels over which the mask fades out at the face region's edge.")
 _MIN_FACE = flags.DEFINE_float("min_face_size", 32.0, "Faces smaller than this (pixels) are left unprotected.")
+_SELECT = flags.DEFINE_enum("select", "largest", ["largest", "central", "best"],
+                            "Which face of a photo with several is the person's.")
 _FORMAT = flags.DEFINE_enum("format", "png", ["png", "jpeg"], "Output format (jpeg: quality --jpeg_quality).")
 _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality for --format=jpeg.")
 _TARGETS = flags.DEFINE_list("targets", ["dlib_resnet", "sface_onnx"], "Models to measure with (empty: skip).")
@@ -35,7 +37,7 @@ def main(argv):
       _PHOTOS.value, _OUT.value, image_format=_FORMAT.value, jpeg_quality=_JPEG_QUALITY.value,
       targets=_TARGETS.value, surrogates=_SURROGATES.value, method=_METHOD.value, epsilon=_EPSILON.value,
       steps=_STEPS.value, step_size=_STEP_SIZE.value, momentum=_MOMENTUM.value, dropout=_DROPOUT.value,
-      key=_SEED.value, feather=_FEATHER.value, min_face_size=_MIN_FACE.value)
+      key=_SEED.value, feather=_FEATHER.value, min_face_size=_MIN_FACE.value, select=_SELECT.value)
   done = sum(p["protected"] for p in report["photos"])
   print(f"protected {done} of {len(report['photos'])} photos in {report['seconds']['protect']:.0f} s -> {_OUT.value}")
   for p in report["photos"]:

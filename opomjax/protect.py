@@ -162,13 +162,20 @@ def _as_key(key) -> tuple[jax.Array, Any]:
 
 
 def find_faces(photos: Sequence[np.ndarray], *, detector=None, min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE,
-               show_progress: bool = False, desc: str = "finding faces"
+               select: str = "largest", show_progress: bool = False, desc: str = "finding faces"
                ) -> tuple[list[faces_lib.AlignedFace | None], dict[int, str]]:
-  """The largest face of each photo, aligned to the canonical frame; None with a reason where there is none."""
+  """One face per photo (``select``: see :func:`opomjax.faces.align_photo`) aligned to the canonical frame.
+
+  Returns:
+    ``(faces, skipped)``: per photo an :class:`~opomjax.faces.AlignedFace` or None, and index -> reason
+    (``"no_face"``, ``"too_small"``) for the Nones.
+  """
+  if select == "all":
+    raise ValueError("select='all' is not supported here: the mask is for one person, one face per photo")
   found, skipped = [], {}
   for i, photo in enumerate(tqdm(photos, desc=desc, unit="photo", disable=not show_progress)):
     try:
-      found.append(faces_lib.align_photo(photo, detector=detector, min_face_size=min_face_size))
+      found.append(faces_lib.align_photo(photo, detector=detector, min_face_size=min_face_size, select=select))
     except faces_lib.NoFaceError as e:
       found.append(None)
       skipped[i] = e.reason
@@ -193,8 +200,8 @@ def _load_all(photos) -> list[np.ndarray]:
 def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",), method: str = "opom-convex",
                    epsilon: float = 8.0, steps: int = DEFAULT_STEPS, step_size: float = 1.0,
                    momentum: float | None = None, dropout: float = 0.0, key=None, detector=None,
-                   min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE, feather: float = 0.0,
-                   show_progress: bool = True) -> ProtectionResult:
+                   min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE, select: str = "largest",
+                   feather: float = 0.0, show_progress: bool = True) -> ProtectionResult:
   """Computes one privacy mask for a person from their photos and adds it to each of them.
 
   Args:
@@ -212,6 +219,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
     key: an int seed or a PRNG key (default: seed 0); the same key gives the same mask.
     detector: face detector for :func:`opomjax.faces.detect_faces` (default: the shared YuNet).
     min_face_size: faces with a shorter box side (pixels) are not protected (flagged ``"too_small"``).
+    select: which face of a photo with several is the person's: ``"largest"``, ``"central"`` (nearest the
+      centre) or ``"best"`` (detector score); only that face is protected.
     feather: width in photo pixels over which the mask fades out at the face region's border.
     show_progress: progress bars and log lines.
 
@@ -229,7 +238,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
     raise ValueError(f"steps must be a positive integer, got {steps!r}")
   prng, seed = _as_key(key)
 
-  found, skipped = find_faces(loaded, detector=detector, min_face_size=min_face_size, show_progress=show_progress)
+  found, skipped = find_faces(loaded, detector=detector, min_face_size=min_face_size, select=select,
+                              show_progress=show_progress)
   if len(skipped) == len(loaded):
     raise faces_lib.NoFaceError(f"none of the {len(loaded)} photos has a usable face (reasons: "
                                 f"{sorted(set(skipped.values()))}); nothing to protect", reason="no_face")
@@ -385,7 +395,7 @@ def load_targets(targets) -> list:
 
 
 def measure_protection(clean_photos, protected_photos, targets=("dlib_resnet", "sface_onnx"), *, detector=None,
-                       min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE,
+                       min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE, select: str = "largest",
                        thresholds: Mapping[str, float] | None = None,
                        show_progress: bool = False) -> dict[str, TargetSimilarity]:
   """How well the protected photos hide the person from each target, as a real system would see them.
@@ -402,6 +412,7 @@ def measure_protection(clean_photos, protected_photos, targets=("dlib_resnet", "
       objects with ``name`` and ``embed``.
     detector: face detector (default: the shared YuNet).
     min_face_size: see :func:`opomjax.faces.align_photo`.
+    select: see :func:`protect_photos`.
     thresholds: target name -> cosine match threshold (default :data:`MATCH_THRESHOLDS`).
     show_progress: progress bars.
 
@@ -417,11 +428,11 @@ def measure_protection(clean_photos, protected_photos, targets=("dlib_resnet", "
     raise ValueError(f"protected_photos has {len(protected)} photos but clean_photos has {len(clean)}")
   thresholds = dict(MATCH_THRESHOLDS if thresholds is None else thresholds)
   targets = load_targets(targets)
-  clean_faces, _ = find_faces(clean, detector=detector, min_face_size=min_face_size, show_progress=show_progress,
-                              desc="faces in clean photos")
+  clean_faces, _ = find_faces(clean, detector=detector, min_face_size=min_face_size, select=select,
+                              show_progress=show_progress, desc="faces in clean photos")
   if sum(f is not None for f in clean_faces) < 2:
     raise ValueError("clean_photos needs at least two photos with a face to compare a photo with the others")
-  protected_faces, _ = find_faces(protected, detector=detector, min_face_size=min_face_size,
+  protected_faces, _ = find_faces(protected, detector=detector, min_face_size=min_face_size, select=select,
                                   show_progress=show_progress, desc="faces in protected photos")
   lost = [i for i, (c, p) in enumerate(zip(clean_faces, protected_faces)) if c is not None and p is None]
   results = {}
@@ -558,7 +569,7 @@ def protect_files(photos: str | os.PathLike | Sequence[str | os.PathLike], out_d
                                       detector=protect_options.get("detector"),
                                       min_face_size=protect_options.get("min_face_size",
                                                                         faces_lib.DEFAULT_MIN_FACE_SIZE),
-                                      show_progress=show)
+                                      select=protect_options.get("select", "largest"), show_progress=show)
     seconds_measure = time.time() - start
   per_photo = []
   for i, (src, dst) in enumerate(zip(paths, outs)):

@@ -96,7 +96,8 @@ def test_change_is_the_mask_warped_back_by_scipy(run):
   transform = np.array(entry["face"]["transform"])
   inside = faces.frame_footprint(transform, CANONICAL, original.shape) > 0
   y, x = np.nonzero(inside)
-  cx, cy = transform[0, 0] * x + transform[0, 1] * y + transform[0, 2], transform[1, 0] * x + transform[1, 1] * y + transform[1, 2]
+  cx = transform[0, 0] * x + transform[0, 1] * y + transform[0, 2]
+  cy = transform[1, 0] * x + transform[1, 1] * y + transform[1, 2]
   warped = np.stack([ndimage.map_coordinates(mask[..., c].astype(np.float64), [cy, cx], order=1, mode="nearest")
                      for c in range(3)], axis=-1)
   expected = np.rint(np.clip(original[y, x] + warped, 0, 255))
