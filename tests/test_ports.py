@@ -272,8 +272,6 @@ def test_random_init_builds_canonical_frame_models():
   emb = np.asarray(jax.jit(model.apply)(model.params, canonical))
   assert emb.shape == (2, 512)
   np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, rtol=1e-5)
-  # An explicit key gives the weights its seed gives; they are not the parity fixture's.
-  _assert_same_variables(registry.load_model("mobilefacenet", key=jax.random.key(3)).params, model.params)
   kernel = lambda m: np.asarray(m.params["params"]["linear"]["kernel"])
   assert not np.allclose(kernel(model), kernel(port("mobilefacenet")))
 
