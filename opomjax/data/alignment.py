@@ -107,14 +107,14 @@ def default_num_workers() -> int:
   return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def align_files(paths: Sequence[str], *, frame: frame_lib.Frame = frame_lib.CANONICAL,
+def align_files(paths: Sequence[str], *, frame: frame_lib.Frame | None = None,
                 fallback: str | None = "center", num_workers: int | None = None,
                 detector_path: str | None = None, desc: str = "Aligning faces") -> Iterator[Chip]:
   """Aligns photo files in order, with a progress bar.
 
   Args:
     paths: photo files.
-    frame: the output frame.
+    frame: the output frame (default: :data:`opomjax.frame.CANONICAL`).
     fallback: a key of :data:`FALLBACKS`, or None to raise :class:`opomjax.faces.NoFaceError`.
     num_workers: processes; ``0`` or ``1`` aligns in this process (default: every available core).
     detector_path: the YuNet ONNX file (None: the detector's default).
@@ -125,6 +125,7 @@ def align_files(paths: Sequence[str], *, frame: frame_lib.Frame = frame_lib.CANO
   """
   if fallback is not None and fallback not in FALLBACKS:
     raise ValueError(f"fallback must be one of {sorted(FALLBACKS)} or None, got {fallback!r}")
+  frame = frame or frame_lib.CANONICAL
   num_workers = default_num_workers() if num_workers is None else num_workers
   bar = tqdm.tqdm(total=len(paths), desc=desc, unit="photo")
   try:

@@ -45,7 +45,7 @@ def default_data_dir() -> str:
   return os.environ.get("OPOMJAX_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "opomjax", "tfds"))
 
 
-def chip_features(frame: frame_lib.Frame = frame_lib.CANONICAL) -> tfds.features.FeaturesDict:
+def chip_features(frame: frame_lib.Frame) -> tfds.features.FeaturesDict:
   h, w = frame.size
   return tfds.features.FeaturesDict({
       "image": tfds.features.Tensor(shape=(h, w, 3), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB),
@@ -57,7 +57,7 @@ def chip_features(frame: frame_lib.Frame = frame_lib.CANONICAL) -> tfds.features
   })
 
 
-def frame_metadata(frame: frame_lib.Frame = frame_lib.CANONICAL) -> tfds.core.MetadataDict:
+def frame_metadata(frame: frame_lib.Frame) -> tfds.core.MetadataDict:
   return tfds.core.MetadataDict(frame=frame.name, size=list(frame.size),
                                 landmarks=[list(p) for p in frame.landmarks])
 
@@ -105,14 +105,19 @@ class _ChipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._detector_path = detector_path
     super().__init__(**kwargs)
 
+  @property
+  def frame(self) -> frame_lib.Frame:
+    """The frame the chips are stored in."""
+    return frame_lib.CANONICAL
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
         description=(self.__doc__ or "").strip().split("\n")[0],
-        features=chip_features(),
+        features=chip_features(self.frame),
         homepage=self.HOMEPAGE,
         disable_shuffling=True,
-        metadata=frame_metadata(),
+        metadata=frame_metadata(self.frame),
     )
 
   def _file_split(self, dl_manager) -> tuple[pathlib.Path, protocols.FileSplit]:
@@ -125,7 +130,7 @@ class _ChipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _chips(self, root: pathlib.Path, files: Sequence[str], part: str) -> Iterator[alignment.Chip]:
     return alignment.align_files(
-        [str(root / f) for f in files], fallback=self.FALLBACK, num_workers=self._num_workers,
+        [str(root / f) for f in files], frame=self.frame, fallback=self.FALLBACK, num_workers=self._num_workers,
         detector_path=self._detector_path, desc=f"Aligning {self.name} {part}")
 
   def _generate_examples(self, root, records, part):
@@ -238,8 +243,8 @@ class _OpomRelease(_ChipBuilder, skip_registration=True):
 
     for f in tqdm.tqdm(files, desc=f"Reading {self.name} {part}", unit="photo"):
       photo = faces.load_photo(str(root / f))
-      yield alignment.template_chip(photo, alignment.centered_arcface_frame(*photo.shape[:2]),
-                                    frame_lib.CANONICAL, "given")
+      yield alignment.template_chip(photo, alignment.centered_arcface_frame(*photo.shape[:2]), self.frame,
+                                    "given")
 
 
 class PrivacyCommons(_OpomRelease):
