@@ -298,3 +298,14 @@ def test_bad_builder_arguments_raise():
     iresnet.build_insightface_iresnet(152)
   with pytest.raises(ValueError, match="dropout_rate"):
     mobilefacenet.build_mobilefacenet(reference("mobilefacenet")[1], dropout_rate=1.0)
+
+
+def test_model_factories_give_the_builders_modules():
+  x = jax.ShapeDtypeStruct((1, 112, 112, 3), jnp.float32)
+  for variant in iresnet.VARIANTS:
+    shapes = jax.eval_shape(iresnet.Model(variant).init, jax.random.key(0), x)
+    assert torch_convert.count_params(shapes) == tr.count_params(reference(variant)[0]), variant
+  with pytest.raises(ValueError, match="variant"):
+    iresnet.Model("ir34")
+  assert mobilefacenet.Model(embedding_size=128).embedding_size == 128
+  assert isinstance(irv1.Model(), irv1.InceptionResnetV1)

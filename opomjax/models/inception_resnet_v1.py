@@ -187,6 +187,11 @@ class InceptionResnetV1(nn.Module):
     return batch_norm("last_bn", 1e-3)(x), acts
 
 
+def Model(**kw) -> nn.Module:  # pylint: disable=invalid-name
+  """The Flax module (big_vision style factory); ``kw`` sets its fields (``input_scale``)."""
+  return InceptionResnetV1(**kw)
+
+
 def build_inception_resnet_v1(weights: str | os.PathLike | Any = None, *, key: jax.Array | None = None,
                               seed: int = 0, dropout_rate: float = 0.1,
                               input_frame: frame_lib.Frame = FACENET_160,

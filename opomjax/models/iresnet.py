@@ -233,6 +233,25 @@ class IResNet(nn.Module):
     return ir_head(x, self.num_features, ("bn2", "fc", "features")), acts
 
 
+#: variant -> (layout class, its options), for :func:`Model`.
+VARIANTS = {
+    "ir50": (EvolveIR, dict(num_layers=50)),
+    "ir100": (EvolveIR, dict(num_layers=100)),
+    "ir152": (EvolveIR, dict(num_layers=152)),
+    "ir_se50": (EvolveIR, dict(num_layers=50, se=True)),
+    "iresnet50": (IResNet, dict(layers=STAGE_UNITS[50])),
+    "iresnet100": (IResNet, dict(layers=STAGE_UNITS[100])),
+}
+
+
+def Model(variant: str = "ir50", **kw) -> nn.Module:  # pylint: disable=invalid-name
+  """The Flax module of a variant (big_vision style factory); ``kw`` overrides its fields."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+  cls, options = VARIANTS[variant]
+  return cls(**{**options, **kw})
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Builders (registry entries).
 

@@ -113,6 +113,11 @@ class MobileFaceNet(nn.Module):
     return batch_norm("bn")(x), acts
 
 
+def Model(**kw) -> nn.Module:  # pylint: disable=invalid-name
+  """The Flax module (big_vision style factory); ``kw`` sets its fields (``embedding_size``, ...)."""
+  return MobileFaceNet(**kw)
+
+
 def build_mobilefacenet(weights: str | os.PathLike | Any = None, *, key: jax.Array | None = None,
                         seed: int = 0, dropout_rate: float = 0.1, embedding_size: int = 512,
                         input_scale: float = HALF_NORMALIZE_SCALE,
