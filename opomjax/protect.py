@@ -161,6 +161,100 @@ def _as_key(key) -> tuple[jax.Array, Any]:
   return key, "key"
 
 
+def roundtrip_weights(transform, photo_shape, *, frame=CANONICAL, feather: float = 0.0,
+                      radius: int | None = None) -> np.ndarray:
+  """The photo round trip of a chip-space mask as a local linear filter: ``(2r+1)^2`` weight maps.
+
+  A mask :math:`\\delta` added to a photo (:func:`opomjax.faces.apply_mask_to_photo`, before rounding) and
+  cut out again with the same alignment (:func:`opomjax.faces.warp_to_frame`) reaches the chip as
+  :math:`B\\delta`, where ``B`` (warp back, footprint, warp in) is linear and local: chip pixel ``q`` only
+  gathers mask pixels ``q + o`` with ``|o| <= r``. Then
+
+  .. math::
+     (B\\delta)(q) = \\sum_{o} W_o(q)\\, \\delta(q + o),
+
+  and ``W`` is read off by pushing combs of unit impulses, ``2r + 2`` pixels apart (their responses do not
+  overlap), through the same functions that protect the photo.
+
+  Args:
+    transform: ``(2, 3)`` photo -> chip similarity of the face.
+    photo_shape: ``(h, w[, c])`` of the photo.
+    frame: the mask's frame.
+    feather: as in :func:`opomjax.faces.apply_mask_to_photo`.
+    radius: ``r``; default ``ceil(max(1, s)) + 2`` for the chip-per-photo-pixel scale ``s``.
+
+  Returns:
+    ``(2r+1, 2r+1, H, W)`` float32: ``W[r + oy, r + ox]`` weighs ``delta(q + (oy, ox))``.
+  """
+  transform = np.asarray(transform, np.float64)
+  if radius is None:
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+    radius = int(np.ceil(max(1.0, scale))) + 2
+  height, width = frame.size
+  spacing = 2 * radius + 2
+  footprint = faces_lib.frame_footprint(transform, frame, photo_shape, feather=feather)[..., None]
+  probes = [(a, b) for a in range(spacing) for b in range(spacing)]
+  responses = np.zeros((spacing, spacing, height, width), np.float32)
+  for start in range(0, len(probes), 3):  # three combs at once, one per colour channel
+    batch = probes[start:start + 3]
+    comb = np.zeros((height, width, 3), np.float32)
+    for c, (a, b) in enumerate(batch):
+      comb[a::spacing, b::spacing, c] = 1.0
+    back, _ = faces_lib.warp_from_frame(comb, transform, photo_shape)
+    chip = faces_lib.warp_to_frame(back * footprint, transform, frame)
+    for c, (a, b) in enumerate(batch):
+      responses[a, b] = chip[..., c]
+  yy, xx = np.mgrid[0:height, 0:width]
+  weights = np.zeros((2 * radius + 1, 2 * radius + 1, height, width), np.float32)
+  for oy in range(-radius, radius + 1):
+    for ox in range(-radius, radius + 1):
+      ty, tx = yy + oy, xx + ox
+      inside = (ty >= 0) & (ty < height) & (tx >= 0) & (tx < width)
+      weights[oy + radius, ox + radius] = np.where(inside, responses[ty % spacing, tx % spacing, yy, xx], 0.0)
+  return weights
+
+
+def apply_roundtrip(delta: jax.Array, weights: jax.Array) -> jax.Array:
+  """``B delta`` of :func:`roundtrip_weights`: ``delta`` ``(..., H, W, 3)``, ``weights`` ``(..., 2r+1, 2r+1, H, W)``."""
+  size = weights.shape[-3]
+  radius = size // 2
+  height, width = delta.shape[-3:-1]
+  pad = [(0, 0)] * (delta.ndim - 3) + [(radius, radius), (radius, radius), (0, 0)]
+  padded = jnp.pad(delta, pad)
+  out = jnp.zeros_like(delta)
+  for i in range(size):
+    for j in range(size):
+      out = out + weights[..., i, j, :, :, None] * padded[..., i:i + height, j:j + width, :]
+  return out
+
+
+def _pad_weights(weights: Sequence[np.ndarray]) -> np.ndarray:
+  """Stacks round-trip weights of different radii, zero-padded to the largest."""
+  size = max(w.shape[0] for w in weights)
+  out = []
+  for w in weights:
+    p = (size - w.shape[0]) // 2
+    out.append(np.pad(w, ((p, p), (p, p), (0, 0), (0, 0))))
+  return np.stack(out)
+
+
+@functools.lru_cache(maxsize=8)
+def _roundtrip_apply(models: tuple[base.FaceModel, ...]):
+  """Like :func:`_ensemble_apply`, but the images are first taken through the photo round trip.
+
+  ``params = (model_params, chips (n, H, W, 3), weights (n, K, K, H, W))``; the images the ascent passes are
+  ``clip(chips + delta)`` of the same ``n`` faces in the same order, so ``images - chips`` is the (clipped)
+  mask and the network sees ``chips + B(images - chips)``: what it will find in the protected photos.
+  """
+  inner = _ensemble_apply(models)
+
+  def apply(params, images, key=None):
+    model_params, chips, weights = params
+    return inner(model_params, chips + apply_roundtrip(images - chips, weights), key)
+
+  return apply
+
+
 def find_faces(photos: Sequence[np.ndarray], *, detector=None, min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE,
                select: str = "largest", show_progress: bool = False, desc: str = "finding faces"
                ) -> tuple[list[faces_lib.AlignedFace | None], dict[int, str]]:
@@ -201,7 +295,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
                    epsilon: float = 8.0, steps: int = DEFAULT_STEPS, step_size: float = 1.0,
                    momentum: float | None = None, dropout: float = 0.0, key=None, detector=None,
                    min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE, select: str = "largest",
-                   feather: float = 0.0, show_progress: bool = True) -> ProtectionResult:
+                   feather: float = 0.0, roundtrip: bool = True,
+                   show_progress: bool = True) -> ProtectionResult:
   """Computes one privacy mask for a person from their photos and adds it to each of them.
 
   Args:
@@ -222,6 +317,9 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
     select: which face of a photo with several is the person's: ``"largest"``, ``"central"`` (nearest the
       centre) or ``"best"`` (detector score); only that face is protected.
     feather: width in photo pixels over which the mask fades out at the face region's border.
+    roundtrip: optimise the mask as it will reach a recognition system: warped into each photo and cut out
+      again (:func:`roundtrip_weights`), instead of as added to the aligned chips. The two warps blur the
+      fine-grained mask; without this, much of its effect is lost in the protected photos.
     show_progress: progress bars and log lines.
 
   Returns:
@@ -252,9 +350,15 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
   if show_progress:
     log.info("computing the mask: %s, %d steps on %s from %d faces", method, steps, "+".join(names), chips.shape[1])
   start = time.time()
+  model_params = tuple(m.params for m in models)
+  if roundtrip:
+    weights = _pad_weights([roundtrip_weights(f.transform, p.shape, feather=feather)
+                            for p, f in zip(loaded, found) if f is not None])
+    embed, params = _roundtrip_apply(models), (model_params, jnp.asarray(chips[0]), jnp.asarray(weights))
+  else:
+    embed, params = _ensemble_apply(models), model_params
   mask, trace = opomjax.generate_masks(
-      _ensemble_apply(models), jnp.asarray(chips, jnp.float32), params=tuple(m.params for m in models),
-      method=method, key=prng, epsilon=epsilon, step_size=step_size, steps=steps, momentum=momentum,
+      embed, jnp.asarray(chips, jnp.float32), params=params, method=method, key=prng, epsilon=epsilon, step_size=step_size, steps=steps, momentum=momentum,
       dfanet=dropout > 0, return_trace=True)
   mask, trace = np.asarray(mask[0], np.float32), np.asarray(trace[0])
   if show_progress:
@@ -265,7 +369,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
                for photo, face in zip(loaded, found)]
   metadata = dict(frame=CANONICAL.name, epsilon=float(epsilon), method=method, surrogate="+".join(names),
                   steps=int(steps), seed=seed, step_size=float(step_size), momentum=float(momentum or 0.0),
-                  dropout=float(dropout), faces=len(loaded) - len(skipped))
+                  dropout=float(dropout), roundtrip=bool(roundtrip), faces=len(loaded) - len(skipped))
   return ProtectionResult(photos=protected, mask=mask, faces=found, skipped=skipped, trace=trace,
                           metadata=metadata)
 

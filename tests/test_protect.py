@@ -155,6 +155,24 @@ def test_measured_similarity_matches_a_direct_loop(run, detector, dlib_model):
 
 
 @pytest.mark.real_data
+@pytest.mark.parametrize("size, feather", [(None, 0.0), (1000, 6.0)])
+def test_roundtrip_filter_equals_warping_into_the_photo_and_back(person_photos, detector, size, feather):
+  """B delta from the weight maps equals the mask warped into the photo (footprint, feather) and cut out again."""
+  photo = faces.load_photo(person_photos[0])
+  if size is not None:  # a large photo: the way in box-averages before sampling
+    photo = np.asarray(Image.fromarray(photo).resize((size, size), Image.Resampling.BILINEAR))
+  face = faces.align_photo(photo, detector=detector)
+  delta = np.random.default_rng(2).uniform(-EPSILON, EPSILON, tuple(CANONICAL.size) + (3,)).astype(np.float32)
+  back, _ = faces.warp_from_frame(delta, face.transform, photo.shape)
+  weights = faces.frame_footprint(face.transform, CANONICAL, photo.shape, feather=feather)[..., None]
+  expected = faces.warp_to_frame(back * weights, face.transform, CANONICAL)
+  filters = protect.roundtrip_weights(face.transform, photo.shape, feather=feather)
+  got = np.asarray(protect.apply_roundtrip(jnp.asarray(delta), jnp.asarray(filters)))
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+  assert np.abs(expected - delta).mean() > 1.0  # the round trip really changes a fine-grained mask
+
+
+@pytest.mark.real_data
 def test_no_face_in_any_photo_is_a_clear_error(detector, dlib_model):
   with pytest.raises(faces.NoFaceError, match="none of the 2 photos"):
     protect.protect_photos([noise_photo(), noise_photo()[:200]], surrogates=(dlib_model,), detector=detector,
