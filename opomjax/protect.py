@@ -5,7 +5,8 @@ The way through (each step a function of its own):
 1. :func:`opomjax.faces.align_photo` finds the largest face in every photo and cuts a chip in the canonical
    frame out of it. A photo without a usable face is set aside and handed back unchanged.
 2. :func:`opomjax.generate_masks` computes one universal mask for the person from all the chips, on one
-   surrogate model or on an ensemble of them (:func:`ensemble_embedding`).
+   surrogate model or on an ensemble of them (:func:`ensemble_embedding`), as the mask will look after it has
+   been warped into each photo and cut out again (:func:`roundtrip_weights`).
 3. :func:`opomjax.faces.apply_mask_to_photo` warps the mask back into each photo, inside the face's footprint
    only; every pixel outside it keeps its bytes.
 
@@ -105,10 +106,15 @@ def ensemble_embedding(embeddings: Sequence[jax.Array]) -> jax.Array:
   So an objective built from squared feature distances to fixed points, evaluated on ``z``, *is* the average
   of that objective over the models (up to a positive constant, which the signed-gradient ascent ignores):
   FI-UAP (Eq. 17) and the class centre (Eq. 11; the mean of the ``z`` is the joined, scaled means of the
-  ``e_m``) exactly. For the hulls (Eqs. 8, 13) the coefficients are shared: the objective is the distance to
-  the hull of the joint features, :math:`\\min_a \\frac{1}{M} \\sum_m \\lVert F_m^\\top a - \\hat e_m
-  \\rVert^2 \\ge \\frac{1}{M} \\sum_m \\min_a \\lVert F_m^\\top a - \\hat e_m \\rVert^2`: the masked face must
-  leave the hull of the person's photos as *every* model sees them through the same convex combination.
+  ``e_m``) exactly, in the paper's sum form; in the per-entry mean form of :mod:`opomjax.core.objectives`
+  too when the models' embedding sizes ``d_m`` are equal (otherwise model ``m`` is weighted by ``d_m``).
+  For the hulls (Eqs. 8, 13) the coefficients are shared: the objective is the distance to the hull of the
+  joint features, :math:`\\min_a \\frac{1}{M} \\sum_m \\lVert F_m^\\top a - \\hat e_m \\rVert^2 \\ge
+  \\frac{1}{M} \\sum_m \\min_a \\lVert F_m^\\top a - \\hat e_m \\rVert^2`: the masked face must leave the
+  hull of the person's photos as *every* model sees them through the same convex combination.
+
+  The ascent follows the *sign* of the summed gradient, so a model whose gradients are larger steers it
+  more (measured: SFace's over dlib's).
 
   Args:
     embeddings: ``M`` arrays ``(..., d_m)`` of unit embeddings of the same images.
@@ -310,7 +316,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
     steps: ascent steps (paper: 16).
     step_size: change of each mask pixel per step (paper: 1).
     momentum: momentum decay (Eq. 14), or None.
-    dropout: DFANet dropout rate of the surrogates (Eq. 15); 0 turns DFANet off.
+    dropout: DFANet dropout rate (Eq. 15), the same for every surrogate; 0 turns DFANet off.
     key: an int seed or a PRNG key (default: seed 0); the same key gives the same mask.
     detector: face detector for :func:`opomjax.faces.detect_faces` (default: the shared YuNet).
     min_face_size: faces with a shorter box side (pixels) are not protected (flagged ``"too_small"``).
@@ -348,7 +354,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
   chips = np.clip(np.stack([f.chip for f in found if f is not None]), 0.0, 255.0)[None]
   names = [m.name for m in models]
   if show_progress:
-    log.info("computing the mask: %s, %d steps on %s from %d faces", method, steps, "+".join(names), chips.shape[1])
+    log.info("computing the mask: %s, %d steps on %s from %d faces", method, steps, "+".join(names),
+             chips.shape[1])
   start = time.time()
   model_params = tuple(m.params for m in models)
   if roundtrip:
@@ -358,8 +365,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
   else:
     embed, params = _ensemble_apply(models), model_params
   mask, trace = opomjax.generate_masks(
-      embed, jnp.asarray(chips, jnp.float32), params=params, method=method, key=prng, epsilon=epsilon, step_size=step_size, steps=steps, momentum=momentum,
-      dfanet=dropout > 0, return_trace=True)
+      embed, jnp.asarray(chips, jnp.float32), params=params, method=method, key=prng, epsilon=epsilon,
+      step_size=step_size, steps=steps, momentum=momentum, dfanet=dropout > 0, return_trace=True)
   mask, trace = np.asarray(mask[0], np.float32), np.asarray(trace[0])
   if show_progress:
     log.info("mask computed in %.1f s", time.time() - start)
