@@ -35,7 +35,7 @@ def weights_path():
 @pytest.fixture(scope="module")
 def model(weights_path):
   del weights_path
-  return dlib_resnet.build_dlib_resnet()
+  return dlib_resnet.build_dlib_resnet(precision="highest")  # full float32 on any backend (parity)
 
 
 @pytest.fixture(scope="module")

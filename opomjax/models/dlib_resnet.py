@@ -90,12 +90,13 @@ class ConvUnit(nn.Module):
   features: int
   kernel: int
   stride: int = 1
+  precision: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, dropout_rate: float, deterministic: bool) -> jax.Array:
     pad = self.kernel // 2 if self.stride == 1 else 0
     x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride, padding=((pad, pad), (pad, pad)),
-                name="conv")(x)
+                precision=self.precision, name="conv")(x)
     return layers.DFANetDropout(dropout_rate)(x, deterministic)
 
 
@@ -104,42 +105,50 @@ class ResidualBlock(nn.Module):
 
   features: int
   stride: int = 1
+  precision: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, dropout_rate: float, deterministic: bool) -> jax.Array:
-    y = ConvUnit(self.features, 3, self.stride, name="conv1")(x, dropout_rate, deterministic)
+    y = ConvUnit(self.features, 3, self.stride, self.precision, name="conv1")(x, dropout_rate, deterministic)
     y = nn.relu(layers.Affine(name="affine1")(y))
-    y = ConvUnit(self.features, 3, 1, name="conv2")(y, dropout_rate, deterministic)
+    y = ConvUnit(self.features, 3, 1, self.precision, name="conv2")(y, dropout_rate, deterministic)
     y = layers.Affine(name="affine2")(y)
     shortcut = x if self.stride == 1 else nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
     return nn.relu(zero_pad_add(y, shortcut))
 
 
 class DlibResNet(nn.Module):
-  """dlib's face-recognition ResNet: 150x150 RGB [0, 255] -> (raw 128-D descriptor, per-stage activations)."""
+  """dlib's face-recognition ResNet: 150x150 RGB [0, 255] -> (raw 128-D descriptor, per-stage activations).
+
+  ``precision`` is passed to the convolutions and the final dense layer: None (the backend's default, which
+  on recent GPUs may compute float32 convolutions in TF32) or ``"highest"`` for full float32 everywhere.
+  """
 
   stages: Sequence[tuple[int, int, bool]] = STAGES
   stem_features: int = 32
   embedding_size: int = 128
   mean_rgb: Sequence[float] = MEAN_RGB
+  precision: str | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array, *, dropout_rate: float = 0.0,
                deterministic: bool = True) -> tuple[jax.Array, list[jax.Array]]:
     x = (images - jnp.asarray(self.mean_rgb, jnp.float32)) / 256.0
-    x = ConvUnit(self.stem_features, 7, 2, name="stem_conv")(x, dropout_rate, deterministic)
+    x = ConvUnit(self.stem_features, 7, 2, self.precision, name="stem_conv")(x, dropout_rate, deterministic)
     x = nn.relu(layers.Affine(name="stem_affine")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
     activations = [x]
     for i, (features, num_blocks, down) in enumerate(self.stages):
       names = iter(range(num_blocks + 1))
       if down:
-        x = ResidualBlock(features, 2, name=f"stage{i}_block{next(names)}")(x, dropout_rate, deterministic)
+        x = ResidualBlock(features, 2, self.precision, name=f"stage{i}_block{next(names)}")(
+            x, dropout_rate, deterministic)
       for _ in range(num_blocks):
-        x = ResidualBlock(features, 1, name=f"stage{i}_block{next(names)}")(x, dropout_rate, deterministic)
+        x = ResidualBlock(features, 1, self.precision, name=f"stage{i}_block{next(names)}")(
+            x, dropout_rate, deterministic)
       activations.append(x)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.embedding_size, use_bias=False, name="fc")(x), activations
+    return nn.Dense(self.embedding_size, use_bias=False, precision=self.precision, name="fc")(x), activations
 
 
 def Model(**kwargs) -> DlibResNet:  # pylint: disable=invalid-name
@@ -246,7 +255,7 @@ def load_params(weights: str | os.PathLike | None = None) -> dict:
 
 
 def build_dlib_resnet(weights: str | os.PathLike | None = None, *, dropout_rate: float = 0.1,
-                      random_init: bool = False, seed: int = 0) -> base.FaceModel:
+                      random_init: bool = False, seed: int = 0, precision: str | None = None) -> base.FaceModel:
   """dlib's ResNet descriptor as a :class:`~opomjax.models.base.FaceModel` (input frame: dlib's 150x150 chip).
 
   Args:
@@ -256,13 +265,14 @@ def build_dlib_resnet(weights: str | os.PathLike | None = None, *, dropout_rate:
     dropout_rate: DFANet dropout rate used when a PRNG key is given.
     random_init: random parameters instead of weights (shape tests, benchmarks).
     seed: seed of the random initialisation.
+    precision: convolution precision, None (backend default) or ``"highest"`` (float32 parity on GPUs).
 
   Returns:
     The model; ``embed`` expects canonical-frame images in [0, 255].
   """
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate must lie in [0, 1), got {dropout_rate}")
-  model = Model()
+  model = Model(precision=precision)
   params = init_params(jax.random.PRNGKey(seed), model) if random_init else load_params(weights)
   params = jax.tree_util.tree_map(jnp.asarray, params)
   return base.FaceModel(name="dlib_resnet", net_fn=make_net_fn(model), params=params, input_frame=DLIB_CHIP_150,
