@@ -37,6 +37,8 @@ def test_registry_parses_with_required_fields():
   for name, spec in model_registry.MODEL_BUILDERS.items():
     assert reg[name].builder == spec
   assert {"dlib_resnet", "sface", "yunet"} <= set(reg)
+  assert reg["dlib_resnet"].frame == dlib_resnet.DLIB_CHIP_150.name
+  assert reg["dlib_resnet"].input_size == dlib_resnet.DLIB_CHIP_150.size
   assert reg["sface"].sha256 == "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
   assert reg["yunet"].sha256 == "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
 

@@ -151,8 +151,7 @@ def _read_con(r: _Reader, version: str) -> DlibLayer:
   params = r.tensor()
   attrs = {k: r.int() for k in ("num_filters", "nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x")}
   filters, biases = r.alias_tensor(), r.alias_tensor()
-  for k in ("learning_rate_multiplier", "weight_decay_multiplier", "bias_learning_rate_multiplier",
-            "bias_weight_decay_multiplier"):
+  for _ in range(4):  # learning-rate and weight-decay multipliers (training only)
     r.float()
   weight, bias = _split(params, filters, (biases[1],))
   return DlibLayer("con", attrs, {"weight": weight, "bias": bias})
@@ -184,7 +183,7 @@ def _read_fc(r: _Reader, version: str) -> DlibLayer:
   params = r.tensor()
   weights, biases = r.alias_tensor(), r.alias_tensor()
   has_bias = r.int() == 0  # enum fc_bias_mode {FC_HAS_BIAS = 0, FC_NO_BIAS = 1}
-  for _ in range(4):
+  for _ in range(4):  # learning-rate and weight-decay multipliers (training only)
     r.float()
   shapes = [weights[:2]] + ([(biases[1],)] if has_bias else [])
   arrays = dict(zip(("weight", "bias"), _split(params, *shapes)))  # weight: (num_inputs, num_outputs)
