@@ -186,7 +186,8 @@ def load_masks(workdir, names) -> np.ndarray:
 def target_embed(target):
   """A batched embed function for a target (jitted when the target is a JAX model)."""
   if isinstance(target, opomjax.FaceModel):
-    return jax.jit(lambda x: target.embed(x))
+    apply = jax.jit(target.apply)  # weights as an argument, not folded into the program as constants
+    return lambda images: apply(target.params, images)
   return target.embed
 
 
