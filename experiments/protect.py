@@ -18,6 +18,7 @@ from opomjax import protect
 _PHOTOS = flags.DEFINE_string("photos", None, "A folder of photos of one person, or a glob pattern.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output folder for the protected photos, mask and report.", required=True)
 _SURROGATES = flags.DEFINE_list("surrogates", ["dlib_resnet"], "Models the mask is computed on (an ensemble).")
+_WEIGHTS = flags.DEFINE_list("surrogate_weights", None, "One weight per surrogate (default: equal).")
 _METHOD = flags.DEFINE_string("method", "opom-convex", "Mask method (see opomjax.generate_masks).")
 _EPSILON = flags.DEFINE_float("epsilon", 8.0, "Largest change of a pixel value, in [0, 255] units.")
 _STEPS = flags.DEFINE_integer("steps", protect.DEFAULT_STEPS, "Ascent steps.")
@@ -41,6 +42,7 @@ def main(argv):
     report = protect.protect_files(
         _PHOTOS.value, _OUT.value, image_format=_FORMAT.value, jpeg_quality=_JPEG_QUALITY.value,
         targets=_TARGETS.value, surrogates=_SURROGATES.value, method=_METHOD.value, epsilon=_EPSILON.value,
+        surrogate_weights=None if _WEIGHTS.value is None else [float(w) for w in _WEIGHTS.value],
         steps=_STEPS.value, step_size=_STEP_SIZE.value, momentum=_MOMENTUM.value, dropout=_DROPOUT.value,
         key=_SEED.value, feather=_FEATHER.value, min_face_size=_MIN_FACE.value, select=_SELECT.value)
   except (ValueError, FileNotFoundError) as e:  # bad input: say what, without a traceback

@@ -94,7 +94,7 @@ class ProtectionResult:
     return [i for i, f in enumerate(self.faces) if f is not None]
 
 
-def ensemble_embedding(embeddings: Sequence[jax.Array]) -> jax.Array:
+def ensemble_embedding(embeddings: Sequence[jax.Array], weights: Sequence[float] | None = None) -> jax.Array:
   """Joins the unit embeddings of ``M`` models into one unit embedding: ``concat(e_1, .., e_M) / sqrt(M)``.
 
   With :math:`z = [e_1; \\dots; e_M] / \\sqrt{M}` and each :math:`e_m` of unit norm, :math:`\\lVert z
@@ -114,10 +114,13 @@ def ensemble_embedding(embeddings: Sequence[jax.Array]) -> jax.Array:
   hull of the person's photos as *every* model sees them through the same convex combination.
 
   The ascent follows the *sign* of the summed gradient, so a model whose gradients are larger steers it
-  more (measured: SFace's over dlib's).
+  more (measured: SFace's over dlib's). ``weights`` ``w_m`` (normalised to sum to 1) join
+  :math:`z = [\\sqrt{w_1} e_1; \\dots; \\sqrt{w_M} e_M]`, still of unit norm, whose squared distances are
+  :math:`\\sum_m w_m \\lVert \\hat e_m - e'_m \\rVert^2`: the weighted average.
 
   Args:
     embeddings: ``M`` arrays ``(..., d_m)`` of unit embeddings of the same images.
+    weights: ``M`` non-negative weights, not all 0 (default: equal).
 
   Returns:
     ``(..., sum_m d_m)`` unit embeddings.
@@ -126,16 +129,22 @@ def ensemble_embedding(embeddings: Sequence[jax.Array]) -> jax.Array:
     raise ValueError("embeddings is empty; give at least one model's embeddings")
   if len(embeddings) == 1:
     return embeddings[0]
-  return jnp.concatenate(embeddings, axis=-1) / math.sqrt(len(embeddings))
+  if weights is None:
+    return jnp.concatenate(embeddings, axis=-1) / math.sqrt(len(embeddings))
+  w = np.asarray(weights, np.float64)
+  if w.shape != (len(embeddings),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+    raise ValueError(f"weights must be {len(embeddings)} non-negative numbers, not all 0; got {weights!r}")
+  w = np.sqrt(w / w.sum())
+  return jnp.concatenate([float(wm) * e for wm, e in zip(w, embeddings)], axis=-1)
 
 
 @functools.lru_cache(maxsize=8)
-def _ensemble_apply(models: tuple[base.FaceModel, ...]):
+def _ensemble_apply(models: tuple[base.FaceModel, ...], weights: tuple[float, ...] | None = None):
   """``apply(params_tuple, images, key=None)`` of the models joined by :func:`ensemble_embedding` (cached)."""
 
   def apply(params, images, key=None):
     keys = [None] * len(models) if key is None else list(jax.random.split(key, len(models)))
-    return ensemble_embedding([m.apply(p, images, k) for m, p, k in zip(models, params, keys)])
+    return ensemble_embedding([m.apply(p, images, k) for m, p, k in zip(models, params, keys)], weights)
 
   return apply
 
@@ -245,14 +254,14 @@ def _pad_weights(weights: Sequence[np.ndarray]) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _roundtrip_apply(models: tuple[base.FaceModel, ...]):
+def _roundtrip_apply(models: tuple[base.FaceModel, ...], weights: tuple[float, ...] | None = None):
   """Like :func:`_ensemble_apply`, but the images are first taken through the photo round trip.
 
   ``params = (model_params, chips (n, H, W, 3), weights (n, K, K, H, W))``; the images the ascent passes are
   ``clip(chips + delta)`` of the same ``n`` faces in the same order, so ``images - chips`` is the (clipped)
   mask and the network sees ``chips + B(images - chips)``: what it will find in the protected photos.
   """
-  inner = _ensemble_apply(models)
+  inner = _ensemble_apply(models, weights)
 
   def apply(params, images, key=None):
     model_params, chips, weights = params
@@ -301,7 +310,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
                    epsilon: float = 8.0, steps: int = DEFAULT_STEPS, step_size: float = 1.0,
                    momentum: float | None = None, dropout: float = 0.0, key=None, detector=None,
                    min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE, select: str = "largest",
-                   feather: float = 0.0, roundtrip: bool = True,
+                   feather: float = 0.0, roundtrip: bool = True, surrogate_weights: Sequence[float] | None = None,
                    show_progress: bool = True) -> ProtectionResult:
   """Computes one privacy mask for a person from their photos and adds it to each of them.
 
@@ -311,6 +320,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
     surrogates: the models the mask is computed on: registry names (``"dlib_resnet"``, ``"sface"``, ...) or
       :class:`~opomjax.models.base.FaceModel` instances. Several are combined by averaging their objectives
       (see :func:`ensemble_embedding`), which usually transfers better to unseen systems.
+    surrogate_weights: one weight per surrogate for the average (:func:`ensemble_embedding`); None: equal.
     method: a method of :func:`opomjax.generate_masks` (default OPOM-ConvexHull).
     epsilon: the largest change of any pixel value, in [0, 255] units (paper: 8).
     steps: ascent steps (paper: 16).
@@ -341,6 +351,9 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
   if not (isinstance(steps, (int, np.integer)) and steps >= 1):
     raise ValueError(f"steps must be a positive integer, got {steps!r}")
   prng, seed = _as_key(key)
+  if surrogate_weights is not None:
+    surrogate_weights = tuple(float(w) for w in surrogate_weights)
+    ensemble_embedding([jnp.zeros((1, 1))] * len(models), surrogate_weights)  # validates them
 
   found, skipped = find_faces(loaded, detector=detector, min_face_size=min_face_size, select=select,
                               show_progress=show_progress)
@@ -361,9 +374,10 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
   if roundtrip:
     weights = _pad_weights([roundtrip_weights(f.transform, p.shape, feather=feather)
                             for p, f in zip(loaded, found) if f is not None])
-    embed, params = _roundtrip_apply(models), (model_params, jnp.asarray(chips[0]), jnp.asarray(weights))
+    embed = _roundtrip_apply(models, surrogate_weights)
+    params = (model_params, jnp.asarray(chips[0]), jnp.asarray(weights))
   else:
-    embed, params = _ensemble_apply(models), model_params
+    embed, params = _ensemble_apply(models, surrogate_weights), model_params
   mask, trace = opomjax.generate_masks(
       embed, jnp.asarray(chips, jnp.float32), params=params, method=method, key=prng, epsilon=epsilon,
       step_size=step_size, steps=steps, momentum=momentum, dfanet=dropout > 0, return_trace=True)
@@ -376,7 +390,9 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
                for photo, face in zip(loaded, found)]
   metadata = dict(frame=CANONICAL.name, epsilon=float(epsilon), method=method, surrogate="+".join(names),
                   steps=int(steps), seed=seed, step_size=float(step_size), momentum=float(momentum or 0.0),
-                  dropout=float(dropout), roundtrip=bool(roundtrip), faces=len(loaded) - len(skipped))
+                  dropout=float(dropout), roundtrip=bool(roundtrip),
+                  surrogate_weights=None if surrogate_weights is None else list(surrogate_weights),
+                  faces=len(loaded) - len(skipped))
   return ProtectionResult(photos=protected, mask=mask, faces=found, skipped=skipped, trace=trace,
                           metadata=metadata)
 

@@ -220,6 +220,12 @@ def test_ensemble_embedding_averages_the_squared_distance_objectives():
   for fn in (objectives.fi_uap, objectives.opom_class_center):
     per_model = np.mean([fn(a, c) for a, c in zip(adv, clean)])
     np.testing.assert_allclose(fn(joined_adv, joined_clean), per_model / 2, rtol=1e-5)
+  # weights w (summing to 1): the weighted average, over the 2 d entries of the joined features
+  weighted = protect.ensemble_embedding(adv, (3.0, 1.0)), protect.ensemble_embedding(clean, (3.0, 1.0))
+  per_model = 0.75 * objectives.fi_uap(adv[0], clean[0]) + 0.25 * objectives.fi_uap(adv[1], clean[1])
+  np.testing.assert_allclose(objectives.fi_uap(*weighted), per_model / 2, rtol=1e-5)
+  with pytest.raises(ValueError, match="weights"):
+    protect.ensemble_embedding(adv, (1.0, -1.0))
   # one set of hull coefficients shared by the models: at least the average of the models' own best ones
   per_model = np.mean([objectives.opom_affine_hull(a, c) for a, c in zip(adv, clean)])
   assert objectives.opom_affine_hull(joined_adv, joined_clean) >= per_model / 2 - 1e-6
