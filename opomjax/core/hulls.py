@@ -272,17 +272,23 @@ def _objective(gram: Array, b: Array, a: Array) -> Array:
   return a @ gram @ a - 2.0 * b @ a
 
 
-def _active_set_step(gram: Array, b: Array, a: Array, lower: float, upper: float, margin: float) -> Array:
+def _active_set_step(
+    gram: Array, b: Array, a: Array, lower: float, upper: float, margin: float
+) -> tuple[Array, Array]:
   """Solves the KKT system with the coordinates of ``a`` within ``margin`` of a bound held at that bound.
 
   .. math::
 
-    \begin{bmatrix} G_{FF} & \mathbf{1} \\ \mathbf{1}^\top & 0 \end{bmatrix}
-    \begin{bmatrix} a_F \\ \nu \end{bmatrix} =
-    \begin{bmatrix} b_F - G_{FA} a_A \\ 1 - \mathbf{1}^\top a_A \end{bmatrix},
+    \\begin{bmatrix} G_{FF} & \\mathbf{1} \\\\ \\mathbf{1}^\\top & 0 \\end{bmatrix}
+    \\begin{bmatrix} a_F \\\\ \\nu \\end{bmatrix} =
+    \\begin{bmatrix} b_F - G_{FA} a_A \\\\ 1 - \\mathbf{1}^\\top a_A \\end{bmatrix},
 
-  written as one ``(n + 1)``-square system whose held rows read ``a_i = L`` or ``a_i = U``. Returns the
-  solution projected onto the feasible set, or NaNs where the system is singular.
+  written as one ``(n + 1)``-square system whose held rows read ``a_i = L`` or ``a_i = U``.
+
+  Returns:
+    The solution projected onto the feasible set, and whether it is a KKT point of the full problem up to
+    round-off: finite, inside the box, and with multipliers ``(G a - b + nu)_i`` of the right sign on the
+    held coordinates (``>= 0`` at ``L``, ``<= 0`` at ``U``), which by convexity makes it the minimiser.
   """
   n = a.shape[-1]
   dtype = a.dtype
@@ -294,25 +300,38 @@ def _active_set_step(gram: Array, b: Array, a: Array, lower: float, upper: float
   rhs = jnp.where(held, held_values, b)
   ones_col = jnp.where(held, 0.0, 1.0).astype(dtype)
   kkt = jnp.block([[rows, ones_col[:, None]], [jnp.ones((1, n), dtype), jnp.zeros((1, 1), dtype)]])
-  solution = jnp.linalg.solve(kkt, jnp.concatenate([rhs, jnp.ones((1,), dtype)]))[:n]
-  return project_capped_simplex(solution, lower, upper)
+  solution = jnp.linalg.solve(kkt, jnp.concatenate([rhs, jnp.ones((1,), dtype)]))
+  solution, nu = solution[:n], solution[n]
+  multipliers = gram @ solution - b + nu
+  slack = 1e3 * jnp.finfo(dtype).eps * (1.0 + jnp.max(jnp.abs(gram)) + jnp.max(jnp.abs(b)))
+  is_kkt_point = (
+      jnp.all(jnp.isfinite(solution))
+      & jnp.all(solution >= lower - slack)
+      & jnp.all(solution <= upper + slack)
+      & jnp.all(jnp.where(at_lower, multipliers >= -slack, True))
+      & jnp.all(jnp.where(at_upper, multipliers <= slack, True))
+  )
+  return project_capped_simplex(solution, lower, upper), is_kkt_point
 
 
 def _polish(gram: Array, b: Array, a: Array, lower: float, upper: float) -> Array:
-  """Exact active-set refinement of an approximate minimiser ``a``; never makes it worse.
+  """Exact active-set refinement of an approximate minimiser ``a``.
 
   The active set is guessed from ``a`` with three margins (``10, 10^3, 10^5`` times the dtype's ``eps``)
-  and each guess is solved exactly by :func:`_active_set_step`; the candidate with the lowest objective
-  wins, ``a`` itself included. When a guess is right, this turns an approximate solution into the exact one
-  (up to rounding); when the solver's iterate leaves a near-degenerate coordinate ambiguous, another margin
-  usually settles it.
+  and each guess is solved exactly by :func:`_active_set_step`. The first guess whose solution passes the
+  KKT test is returned: when ``G`` is ill-conditioned the solver's iterate can be ``1e-5`` off in a flat
+  direction while its objective is already optimal to float32 round-off, so the objective alone cannot pick
+  the exact solution. If no guess passes (degenerate or rank-deficient problems), the candidate with the
+  lowest objective wins, ``a`` itself included, so this step never makes an iterate worse.
   """
   eps = float(jnp.finfo(a.dtype).eps)
-  candidates = [a] + [_active_set_step(gram, b, a, lower, upper, m * eps) for m in (1e1, 1e3, 1e5)]
-  candidates = jnp.stack(candidates)
+  steps = [_active_set_step(gram, b, a, lower, upper, m * eps) for m in (1e1, 1e3, 1e5)]
+  candidates = jnp.stack([a] + [candidate for candidate, _ in steps])
+  is_kkt_point = jnp.stack([jnp.zeros((), bool)] + [ok for _, ok in steps])
   objectives = jax.vmap(_objective, in_axes=(None, None, 0))(gram, b, candidates)
   objectives = jnp.where(jnp.isfinite(objectives), objectives, jnp.inf)
-  return candidates[jnp.argmin(objectives)]
+  index = jnp.where(jnp.any(is_kkt_point), jnp.argmax(is_kkt_point), jnp.argmin(objectives))
+  return candidates[index]
 
 
 def _fista_solve(gram: Array, b: Array, lower: float, upper: float, maxiter: int, tol: float) -> Array:
@@ -402,7 +421,8 @@ def _box_qp_coefficients(features, queries, lower, upper, solver, maxiter, tol):
 # Public API.
 
 
-def _check_inputs(features: Array, queries: Array) -> tuple[Array, Array, tuple[int, ...]]:
+def _check_inputs(features: Array, queries: Array) -> tuple[Array, Array]:
+  """Checks shapes ``(..., n, d)``, ``(..., m, d)`` with broadcastable leading axes; casts to one float dtype."""
   features = jnp.asarray(features)
   queries = jnp.asarray(queries)
   if features.ndim < 2:
@@ -414,13 +434,32 @@ def _check_inputs(features: Array, queries: Array) -> tuple[Array, Array, tuple[
   if features.shape[-2] < 1:
     raise ValueError(f"F needs at least one row, got {features.shape}")
   try:
-    lead = jnp.broadcast_shapes(features.shape[:-2], queries.shape[:-2])
+    jnp.broadcast_shapes(features.shape[:-2], queries.shape[:-2])
   except ValueError:
     raise ValueError(
         f"leading axes of F {features.shape[:-2]} and Y {queries.shape[:-2]} do not broadcast"
     ) from None
   dtype = jnp.result_type(features.dtype, queries.dtype, jnp.float32)
-  return features.astype(dtype), queries.astype(dtype), lead
+  return features.astype(dtype), queries.astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("lower", "upper", "solver", "maxiter", "tol"))
+def _hull_coefficients_compiled(F, Y, *, lower, upper, solver, maxiter, tol):
+  """:func:`hull_coefficients` on validated inputs, compiled once per shape and setting (cheap eager calls)."""
+  lead = jnp.broadcast_shapes(F.shape[:-2], Y.shape[:-2])
+  n = F.shape[-2]
+  F = jnp.broadcast_to(F, lead + F.shape[-2:])
+  Y = jnp.broadcast_to(Y, lead + Y.shape[-2:])
+  if _is_affine(lower, upper):
+    return affine_hull_coefficients(F, Y)
+  if _is_single_point(lower, upper, n):
+    return jnp.full(lead + (Y.shape[-2], n), 1.0 / n, F.dtype)
+  solve = functools.partial(
+      _box_qp_coefficients, lower=lower, upper=upper, solver=solver, maxiter=maxiter, tol=tol
+  )
+  for _ in lead:
+    solve = jax.vmap(solve)
+  return solve(F, Y)
 
 
 def hull_coefficients(
@@ -478,28 +517,18 @@ def hull_coefficients(
   """
   if solver not in SOLVERS:
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-  F, Y, lead = _check_inputs(F, Y)
-  n = F.shape[-2]
-  lower, upper = validate_bounds(lower, upper, n)
-  F = jnp.broadcast_to(F, lead + F.shape[-2:])
-  Y = jnp.broadcast_to(Y, lead + Y.shape[-2:])
-  if _is_affine(lower, upper):
-    coefficients = affine_hull_coefficients(F, Y)
-  elif _is_single_point(lower, upper, n):
-    coefficients = jnp.full(lead + (Y.shape[-2], n), 1.0 / n, F.dtype)
-  else:
-    default_maxiter, default_tol = _DEFAULT_SETTINGS[(solver, F.dtype.itemsize)]
-    solve = functools.partial(
-        _box_qp_coefficients,
-        lower=lower,
-        upper=upper,
-        solver=solver,
-        maxiter=default_maxiter if maxiter is None else int(maxiter),
-        tol=default_tol if tol is None else float(tol),
-    )
-    for _ in lead:
-      solve = jax.vmap(solve)
-    coefficients = solve(F, Y)
+  F, Y = _check_inputs(F, Y)
+  lower, upper = validate_bounds(lower, upper, F.shape[-2])
+  default_maxiter, default_tol = _DEFAULT_SETTINGS[(solver, F.dtype.itemsize)]
+  coefficients = _hull_coefficients_compiled(
+      F,
+      Y,
+      lower=lower,
+      upper=upper,
+      solver=solver,
+      maxiter=default_maxiter if maxiter is None else int(maxiter),
+      tol=default_tol if tol is None else float(tol),
+  )
   return jax.lax.stop_gradient(coefficients)
 
 
