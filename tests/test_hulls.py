@@ -140,7 +140,8 @@ def jitted_coefficients(lower, upper, solver):
 @pytest.mark.parametrize("box", BOXES)
 def test_float32_objective_within_1e5_of_exact_on_face_like_features(people, references, box, solver):
   features, queries = people
-  coefficients = jitted_coefficients(*box, solver)(jnp.asarray(features, jnp.float32), jnp.asarray(queries, jnp.float32))
+  solve = jitted_coefficients(*box, solver)
+  coefficients = solve(jnp.asarray(features, jnp.float32), jnp.asarray(queries, jnp.float32))
   assert coefficients.shape == (2, queries.shape[1], 10) and coefficients.dtype == jnp.float32
   gap = squared_distance(features, queries, coefficients) - references[box]
   assert np.max(np.abs(gap)) < 1e-5, gap
@@ -315,7 +316,8 @@ def test_distance_gradient_is_danskins_and_coefficients_carry_no_gradient():
     step = 1e-6 * unit(rng.normal(size=(2, 12)))
     finite_difference = (total(queries + step) - total(queries - step)) / 2
     np.testing.assert_allclose(finite_difference, jnp.sum(gradient * step), rtol=1e-5, atol=1e-14)
-    coefficient_gradient = jax.grad(lambda y: jnp.sum(hulls.hull_coefficients(features, y, solver="fista") ** 2))(queries)
+    squared_coefficients = lambda y: jnp.sum(hulls.hull_coefficients(features, y, solver="fista") ** 2)
+    coefficient_gradient = jax.grad(squared_coefficients)(queries)
     np.testing.assert_array_equal(coefficient_gradient, np.zeros_like(queries))
 
 
