@@ -15,6 +15,12 @@ there is a *hull* parametrised by coefficients ``a`` that sum to one and lie in 
 - ``L = 0, U = 1``: the convex hull (Eq. 12-13).
 - other ``[L, U]``: the reduced convex hull (Eq. 9, 12).
 
+This is the problem the official implementation solves with one cvxpy problem per image and step: unit
+features, ``sum a = 1`` and the box on ``a``, the class centre as the box ``[1/n, 1/n]``, the affine hull as no
+box. Working with centred features below is only a reparametrisation on ``sum a = 1``: the nearest points and
+distances are the same; where the affine hull's coefficients are not unique (affinely dependent features) the
+closed form returns the shortest ones.
+
 The constrained cases are small quadratic programs (``n`` variables, one equality, a box). They are solved in
 JAX, batched with ``vmap`` over all leading axes and jittable, by one of two solvers:
 
@@ -29,14 +35,14 @@ them as constants, which by Danskin's theorem gives the gradient of the distance
 is differentiable with respect to ``Y`` and ``F`` on that basis), so no gradient flows through a solver.
 
 Accuracy (measured against Clarabel at 1e-12 tolerances, see ``tests/test_hulls.py``): in the library default
-float32, the squared distance ``||a^T F - y||^2`` is within about ``5e-7`` of the exact optimum for face-like
-features (``n = 10``, ``d = 512``, pairwise cosine similarity 0.3-0.9; queries near faces, at vertices, inside,
-far outside), for both solvers and for convex and reduced hulls; the affine closed form is within ``1e-8``. The
-remaining error is float32 round-off of the inputs and of ``a`` itself. Two choices make this possible: the
-solvers work on the Gram matrix of the *centred* features (for ``sum a = 1`` the objective is unchanged, but
-the large common component of same-person features no longer cancels in float32), and the final active-set
-step solves the KKT system exactly. Affinely dependent sets (``n > d``, duplicated photos, near-identical
-features) stay within ``1e-5``. Under ``jax.enable_x64`` both solvers reach ``1e-9`` or better.
+float32, the squared distance ``||a^T F - y||^2`` is within ``1e-6`` (typically ``5e-7``) of the exact optimum
+for face-like features (``n = 10``, ``d = 512``, pairwise cosine similarity 0.1-0.9; queries near faces, at
+vertices, inside, far outside), for both solvers, for the convex and reduced hulls and for the affine closed
+form. The remaining error is float32 round-off of the inputs and of ``a`` itself. Two choices make this
+possible: the solvers work on the Gram matrix of the *centred* features (for ``sum a = 1`` the objective is
+unchanged, but the large common component of same-person features no longer cancels in float32), and a final
+active-set step solves the KKT system exactly. Affinely dependent sets (``n > d``, duplicated photos,
+near-identical features) stay within ``1e-5``. Under ``jax.enable_x64`` both solvers reach ``1e-9`` or better.
 """
 
 from __future__ import annotations
@@ -321,7 +327,7 @@ def _active_set_step(
 def _polish(gram: Array, b: Array, a: Array, lower: float, upper: float) -> Array:
   """Exact active-set refinement of an approximate minimiser ``a``.
 
-  The active set is guessed from ``a`` with three margins (``10, 10^3, 10^5`` times the dtype's ``eps``)
+  The active set is guessed from ``a`` with three margins (``10 eps``, ``sqrt(eps)`` and ``0.01``)
   and each guess is solved exactly by :func:`_active_set_step`. The first guess whose solution passes the
   KKT test is returned: when ``G`` is ill-conditioned the solver's iterate can be ``1e-5`` off in a flat
   direction while its objective is already optimal to float32 round-off, so the objective alone cannot pick
@@ -329,7 +335,7 @@ def _polish(gram: Array, b: Array, a: Array, lower: float, upper: float) -> Arra
   lowest objective wins, ``a`` itself included, so this step never makes an iterate worse.
   """
   eps = float(jnp.finfo(a.dtype).eps)
-  steps = [_active_set_step(gram, b, a, lower, upper, m * eps) for m in (1e1, 1e3, 1e5)]
+  steps = [_active_set_step(gram, b, a, lower, upper, margin) for margin in (10 * eps, math.sqrt(eps), 1e-2)]
   candidates = jnp.stack([a] + [candidate for candidate, _ in steps])
   is_kkt_point = jnp.stack([jnp.zeros((), bool)] + [ok for _, ok in steps])
   objectives = jax.vmap(_objective, in_axes=(None, None, 0))(gram, b, candidates)
