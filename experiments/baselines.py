@@ -6,8 +6,9 @@ Prints and writes ``{model: {"top1": ..., "top5": ..., "top10": ...}}`` (accurac
 minus the protection success rate of unmasked photos. ``--random_mask_epsilon=8`` also adds one uniform random
 mask in [-8, 8] per person to the probes and reports ``random_mask_top*`` (a mask that protects nothing should
 change the accuracy by a fraction of a point).
-Cost on 2 CPU cores: detection and alignment of LFW the first time (about 8 minutes), then 10,830 embeddings
-per model (620 test photos and 10,210 distractors; 620 more with a random mask), 20-40 minutes per model.
+Cost on 2 shared CPU cores: detection and alignment of LFW the first time (about 8 minutes), then 10,830
+embeddings per model (620 test photos and 10,210 distractors; 620 more with a random mask), 6-45 minutes per
+model depending on the model and the load.
 """
 
 from __future__ import annotations
