@@ -144,3 +144,20 @@ def test_mean_pair_cosine_matches_loop():
   b = rng.normal(size=(3, 4, 5))
   loop = np.mean([a[k, i] @ b[k, j] for k in range(3) for i in range(4) for j in range(4) if i != j])
   assert runner.mean_pair_cosine(a, b) == pytest.approx(loop)
+
+
+def test_model_fingerprint_changes_with_geometry_and_weights():
+  import dataclasses
+
+  import jax.numpy as jnp
+
+  from opomjax import frame
+  from opomjax.models import base
+
+  net = lambda params, x, key=None, dropout_rate=0.0: (x.reshape(x.shape[0], -1) @ params["w"], [])
+  model = base.FaceModel("toy", net, {"w": jnp.ones((3, 2))}, frame.ARCFACE_112, 2)
+  same = base.FaceModel("toy", net, {"w": jnp.ones((3, 2))}, frame.ARCFACE_112, 2)
+  assert features.model_fingerprint(model) == features.model_fingerprint(same)
+  moved = dataclasses.replace(model, input_frame=frame.make_frame("other", (112, 112), frame.ARCFACE_112_LANDMARKS + 1))
+  reweighted = dataclasses.replace(model, params={"w": jnp.full((3, 2), 2.0)})
+  assert len({features.model_fingerprint(m) for m in (model, moved, reweighted)}) == 3

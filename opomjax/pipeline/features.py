@@ -55,6 +55,20 @@ def fingerprint(images) -> str:
   return h.hexdigest()
 
 
+def model_fingerprint(model) -> str:
+  """A short hash of what makes a model's features: its name, input frame and (for JAX models) weights.
+
+  Part of the cache key, so that changing a model's geometry or weights never serves stale features.
+  """
+  import jax
+
+  h = hashlib.blake2b(digest_size=8)
+  h.update(repr((model.name, model.input_frame, getattr(model, "embedding_size", None))).encode())
+  for leaf in jax.tree_util.tree_leaves(getattr(model, "params", None)):
+    h.update(memoryview(np.ascontiguousarray(leaf)).cast("B"))
+  return h.hexdigest()
+
+
 class FeatureCache:
   """Clean features on disk under ``root``, keyed by model name and the images' content hash."""
 

@@ -213,9 +213,10 @@ def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache,
     embed = target_embed(target)
     batch = int(config.eval_batch_size)
     desc = (lambda what: f"{target_name} {what}") if show_progress else (lambda what: None)
-    clean = cache.get_or_compute(target_name, flat_test, lambda x: features_lib.embed_in_batches(
+    cache_key = f"{target_name}-{features_lib.model_fingerprint(target)}"
+    clean = cache.get_or_compute(cache_key, flat_test, lambda x: features_lib.embed_in_batches(
         embed, x, batch_size=batch, desc=desc("clean test")))
-    distractors = cache.get_or_compute(target_name, protocol.distractors, lambda x: features_lib.embed_in_batches(
+    distractors = cache.get_or_compute(cache_key, protocol.distractors, lambda x: features_lib.embed_in_batches(
         embed, x, batch_size=batch, desc=desc("distractors")))
     clean = clean.reshape(k, m, -1)
     clean_rates = opomjax.protection_success_rate(clean, clean, distractors, ks=ks)
