@@ -4,7 +4,8 @@ against dlib (white-box) and SFace through onnxruntime (black-box, when its mode
   python -m experiments.run                                    # the first 10 identities
   python -m experiments.run --config.dataset.num_identities=0  # all 62 identities
 
-Cost on a 2-core CPU: see docs/results/README.md (COST_PLACEHOLDER).
+Cost on the 2-core CPU machine (measured from a fresh clone): 12.5 min for the first 10 identities, including
+the clean features of both targets; all 62 identities: about 45 min.
 """
 
 from experiments.configs import common
