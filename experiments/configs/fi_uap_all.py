@@ -1,6 +1,6 @@
 r"""FI-UAP-all (one mask for all identities) on Privacy-LFW.
 
-  python -m experiments.run --config=experiments/configs/fi_uap_all.py:dlib --workdir=runs/privacy_lfw
+  python -m experiments.run --config=experiments/configs/fi_uap_all.py:dlib --workdir=runs/privacy_lfw_quick
   python -m experiments.run --config=experiments/configs/fi_uap_all.py:dlib_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/fi_uap_all.py:sface_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/fi_uap_all.py:dlib_mdfa_full --workdir=runs/privacy_lfw

@@ -1,6 +1,6 @@
 r"""FI-UAP+ (Eq. 18) on Privacy-LFW.
 
-  python -m experiments.run --config=experiments/configs/fi_uap_plus.py:dlib --workdir=runs/privacy_lfw
+  python -m experiments.run --config=experiments/configs/fi_uap_plus.py:dlib --workdir=runs/privacy_lfw_quick
   python -m experiments.run --config=experiments/configs/fi_uap_plus.py:dlib_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/fi_uap_plus.py:sface_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/fi_uap_plus.py:dlib_mdfa_full --workdir=runs/privacy_lfw

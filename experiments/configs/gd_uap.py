@@ -1,6 +1,6 @@
 r"""GD-UAP (Eq. 16) on Privacy-LFW.
 
-  python -m experiments.run --config=experiments/configs/gd_uap.py:dlib --workdir=runs/privacy_lfw
+  python -m experiments.run --config=experiments/configs/gd_uap.py:dlib --workdir=runs/privacy_lfw_quick
   python -m experiments.run --config=experiments/configs/gd_uap.py:dlib_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/gd_uap.py:sface_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/gd_uap.py:dlib_mdfa_full --workdir=runs/privacy_lfw

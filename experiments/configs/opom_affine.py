@@ -1,6 +1,6 @@
 r"""OPOM-AffineHull (Eq. 8) on Privacy-LFW.
 
-  python -m experiments.run --config=experiments/configs/opom_affine.py:dlib --workdir=runs/privacy_lfw
+  python -m experiments.run --config=experiments/configs/opom_affine.py:dlib --workdir=runs/privacy_lfw_quick
   python -m experiments.run --config=experiments/configs/opom_affine.py:dlib_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/opom_affine.py:sface_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/opom_affine.py:dlib_mdfa_full --workdir=runs/privacy_lfw

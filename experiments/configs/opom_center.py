@@ -1,6 +1,6 @@
 r"""OPOM-ClassCenter (Eq. 11) on Privacy-LFW.
 
-  python -m experiments.run --config=experiments/configs/opom_center.py:dlib --workdir=runs/privacy_lfw
+  python -m experiments.run --config=experiments/configs/opom_center.py:dlib --workdir=runs/privacy_lfw_quick
   python -m experiments.run --config=experiments/configs/opom_center.py:dlib_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/opom_center.py:sface_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/opom_center.py:dlib_mdfa_full --workdir=runs/privacy_lfw

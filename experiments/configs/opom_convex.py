@@ -1,6 +1,6 @@
 r"""OPOM-ConvexHull (Eq. 13) on Privacy-LFW.
 
-  python -m experiments.run --config=experiments/configs/opom_convex.py:dlib --workdir=runs/privacy_lfw
+  python -m experiments.run --config=experiments/configs/opom_convex.py:dlib --workdir=runs/privacy_lfw_quick
   python -m experiments.run --config=experiments/configs/opom_convex.py:dlib_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/opom_convex.py:sface_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/opom_convex.py:dlib_mdfa_full --workdir=runs/privacy_lfw
