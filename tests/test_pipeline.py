@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -19,6 +21,9 @@ def test_mask_roundtrip_and_metadata(tmp_path):
   assert {k: loaded_meta[k] for k in meta} == meta and "version" in loaded_meta
   assert masks.is_complete(path)
   assert [p.name for p in path.parent.iterdir()] == ["Ann_Smith.npz"]  # no temporary files left
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # as open() would create it
 
 
 def test_truncated_or_foreign_mask_file_is_not_complete(tmp_path):

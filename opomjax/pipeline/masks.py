@@ -41,12 +41,19 @@ def mask_path(workdir: str | os.PathLike, identity: str) -> pathlib.Path:
   return pathlib.Path(workdir) / "masks" / identity_filename(identity)
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
   """Writes ``data`` to ``path`` so that a reader sees the old file or the whole new one, never a part."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # the permissions a plain open() would give, not mkstemp's 0600
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
