@@ -1,8 +1,8 @@
 """Photo files -> canonical-frame chips, once per dataset, over several processes.
 
-Each photo is detected and aligned by :func:`opomjax.faces.align_photo`. A photo in which no face is found is
-aligned by a *fallback*: a fixed landmark template for the kind of photo (see :data:`FALLBACKS`), mapped into
-the canonical frame by the same similarity warp as a detected face. Every chip records how it was aligned (``"detected"``,
+Each photo is detected and aligned by :func:`opomjax.faces.align_photo` (YuNet's box, dlib's 5 points in it).
+A photo in which no face is found is aligned by a *fallback*: a fixed landmark template for the kind of photo
+(see :data:`FALLBACKS`), mapped into the canonical frame by the same similarity warp as a detected face. Every chip records how it was aligned (``"detected"``,
 ``"fallback"``, or ``"given"`` for photos that arrive already aligned) so that fallbacks can be counted.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 import tqdm
 
 from opomjax import frame as frame_lib
+from opomjax.faces.landmarks import DEFAULT_LANDMARKS
 
 #: Mean YuNet landmarks of the LFW deep-funneled photos, as fractions of the photo's (width, height), measured
 #: on every 10th photo in name order (1,324 photos, a face found in each; per-coordinate spread 0.015-0.033).
@@ -75,13 +76,14 @@ def template_chip(photo: np.ndarray, src: frame_lib.Frame, dst: frame_lib.Frame,
   return Chip(to_uint8(faces.warp_to_frame(photo, transform, dst)), transform.astype(np.float32), alignment)
 
 
-def align_one(path: str, *, frame: frame_lib.Frame, fallback: str | None, detector=None) -> Chip:
+def align_one(path: str, *, frame: frame_lib.Frame, fallback: str | None, detector=None,
+              landmarks=DEFAULT_LANDMARKS) -> Chip:
   """Detects and aligns the face of one photo file; uses the ``fallback`` template where none is found."""
   from opomjax import faces  # pylint: disable=g-import-not-at-top
 
   photo = faces.load_photo(path)
   try:
-    face = faces.align_photo(photo, frame=frame, detector=detector)
+    face = faces.align_photo(photo, frame=frame, detector=detector, landmarks=landmarks)
     return Chip(to_uint8(face.chip), np.asarray(face.transform, np.float32), "detected")
   except faces.NoFaceError:
     if fallback is None:
@@ -99,8 +101,8 @@ def _init_worker(detector_path):
   _WORKER_DETECTOR = faces.YuNetDetector(detector_path, num_threads=1)
 
 
-def _align_in_worker(path, frame, fallback):
-  return align_one(path, frame=frame, fallback=fallback, detector=_WORKER_DETECTOR)
+def _align_in_worker(path, frame, fallback, landmarks):
+  return align_one(path, frame=frame, fallback=fallback, detector=_WORKER_DETECTOR, landmarks=landmarks)
 
 
 def default_num_workers() -> int:
@@ -109,7 +111,8 @@ def default_num_workers() -> int:
 
 def align_files(paths: Sequence[str], *, frame: frame_lib.Frame | None = None,
                 fallback: str | None = "center", num_workers: int | None = None,
-                detector_path: str | None = None, desc: str = "Aligning faces") -> Iterator[Chip]:
+                detector_path: str | None = None, desc: str = "Aligning faces",
+                landmarks: str = DEFAULT_LANDMARKS) -> Iterator[Chip]:
   """Aligns photo files in order, with a progress bar.
 
   Args:
@@ -119,6 +122,8 @@ def align_files(paths: Sequence[str], *, frame: frame_lib.Frame | None = None,
     num_workers: processes; ``0`` or ``1`` aligns in this process (default: every available core).
     detector_path: the YuNet ONNX file (None: the detector's default).
     desc: progress-bar label.
+    landmarks: the points faces are aligned by, a name in :data:`opomjax.faces.landmarks.LANDMARK_MODELS`
+      (see :func:`opomjax.faces.align_face`).
 
   Yields:
     One :class:`Chip` per path, in the order of ``paths``.
@@ -134,11 +139,11 @@ def align_files(paths: Sequence[str], *, frame: frame_lib.Frame | None = None,
 
       detector = faces.YuNetDetector(detector_path)
       for path in paths:
-        yield align_one(path, frame=frame, fallback=fallback, detector=detector)
+        yield align_one(path, frame=frame, fallback=fallback, detector=detector, landmarks=landmarks)
         bar.update()
       return
     # "spawn": the parent may hold JAX / onnxruntime thread pools that a fork would copy in a broken state.
-    work = functools.partial(_align_in_worker, frame=frame, fallback=fallback)
+    work = functools.partial(_align_in_worker, frame=frame, fallback=fallback, landmarks=landmarks)
     with futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=_init_worker, initargs=(detector_path,)) as pool:
       try:

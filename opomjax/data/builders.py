@@ -95,8 +95,11 @@ def find_identity_root(path: pathlib.Path) -> pathlib.Path:
 class _ChipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared parts: features, metadata, the three splits, and the alignment of photo files."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Canonical-frame chips, train / test / distractors splits."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Canonical-frame chips, train / test / distractors splits.",
+      "1.1.0": "Faces aligned by dlib's 5-point shape predictor in YuNet's box (was: YuNet's own landmarks).",
+  }
   HOMEPAGE = ""
   FALLBACK: str | None = "center"
 

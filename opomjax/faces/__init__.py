@@ -1,4 +1,4 @@
-"""Faces in, aligned chips out, and the way back: loading, YuNet detection, similarity alignment.
+"""Faces in, aligned chips out, and the way back: loading, YuNet detection, dlib landmarks, similarity alignment.
 
 Example:
   >>> from opomjax import faces  # doctest: +SKIP
@@ -23,11 +23,14 @@ from opomjax.faces.align import (
 )
 from opomjax.faces.detect import Detection, YuNetDetector, default_yunet_path, detect_faces, nms
 from opomjax.faces.io import load_photo
+from opomjax.faces.landmarks import CANONICAL_DLIB5_LANDMARKS, DlibLandmarks
 
 __all__ = [
+    "CANONICAL_DLIB5_LANDMARKS",
     "DEFAULT_MIN_FACE_SIZE",
     "AlignedFace",
     "Detection",
+    "DlibLandmarks",
     "NoFaceError",
     "YuNetDetector",
     "align_face",

@@ -24,6 +24,7 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
+from opomjax.faces import landmarks as landmarks_lib
 from opomjax.faces.detect import Detection, detect_faces
 from opomjax.faces.io import load_photo
 from opomjax.frame import CANONICAL, Frame
@@ -53,6 +54,8 @@ class AlignedFace:
     box: ``(4,)`` detection box ``(x0, y0, x1, y1)`` in photo coordinates.
     score: detector score.
     frame: the frame of the chip.
+    fit_points: ``(n, 2)`` the photo points the similarity was fitted to: the detected landmarks, or those of
+      a landmark model (:mod:`opomjax.faces.landmarks`).
   """
 
   chip: np.ndarray
@@ -61,6 +64,7 @@ class AlignedFace:
   box: np.ndarray
   score: float
   frame: Frame
+  fit_points: np.ndarray | None = None
 
   @property
   def chip_landmarks(self) -> np.ndarray:
@@ -354,7 +358,8 @@ def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
   return protected
 
 
-def align_face(image, detection: Detection, frame: Frame = CANONICAL, *, antialias: bool = True) -> AlignedFace:
+def align_face(image, detection: Detection, frame: Frame = CANONICAL, *, antialias: bool = True,
+               landmarks=None) -> AlignedFace:
   """Aligns one detected face: the similarity taking its landmarks onto ``frame``'s, and the chip.
 
   Args:
@@ -362,16 +367,25 @@ def align_face(image, detection: Detection, frame: Frame = CANONICAL, *, antiali
     detection: a :class:`Detection` in that photo.
     frame: the target frame (default: the canonical frame).
     antialias: see :func:`warp_to_frame`.
+    landmarks: the points to align by: None or ``"yunet"`` (the detection's own five), ``"dlib5"`` (dlib's
+      5-point shape predictor in the detection's box), or a landmark model (see :mod:`opomjax.faces.landmarks`).
   """
-  transform = similarity_transform(detection.landmarks, frame.landmarks_array)
+  model = landmarks_lib.resolve(landmarks)
+  if model is None:
+    points, template = np.asarray(detection.landmarks, np.float64), frame.landmarks_array
+  else:
+    points = model(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), detection.box)
+    template = model.template(frame)
+  transform = similarity_transform(points, template)
   chip = warp_to_frame(image, transform, frame, antialias=antialias)
   return AlignedFace(chip=chip, transform=transform, landmarks=np.asarray(detection.landmarks, np.float64),
-                     box=np.asarray(detection.box, np.float64), score=float(detection.score), frame=frame)
+                     box=np.asarray(detection.box, np.float64), score=float(detection.score), frame=frame,
+                     fit_points=points)
 
 
 def align_photo(image, *, frame: Frame = CANONICAL, detector=None, select: str = "largest",
-                score_threshold: float = 0.6, min_face_size: float = DEFAULT_MIN_FACE_SIZE
-                ) -> Union[AlignedFace, Sequence[AlignedFace]]:
+                score_threshold: float = 0.6, min_face_size: float = DEFAULT_MIN_FACE_SIZE,
+                landmarks=landmarks_lib.DEFAULT_LANDMARKS) -> Union[AlignedFace, Sequence[AlignedFace]]:
   """Detects and aligns the face(s) in a photo.
 
   Args:
@@ -384,6 +398,8 @@ def align_photo(image, *, frame: Frame = CANONICAL, detector=None, select: str =
     score_threshold: minimum detector score.
     min_face_size: faces whose box is shorter than this (pixels, shorter side) are not used: a chip upsampled
       from so few pixels carries little identity. 0 accepts every detection.
+    landmarks: the points each face is aligned by (see :func:`align_face`). The default, dlib's 5-point
+      predictor, is what dlib's face descriptor was trained on and costs other models nothing.
 
   Returns:
     An :class:`AlignedFace`, or a list of them for ``select="all"``.
@@ -396,6 +412,7 @@ def align_photo(image, *, frame: Frame = CANONICAL, detector=None, select: str =
     raise ValueError(f"select must be one of {', '.join(map(repr, _SELECTIONS))}; got {select!r}")
   if min_face_size < 0:
     raise ValueError(f"min_face_size must be >= 0; got {min_face_size}")
+  landmarks = landmarks_lib.resolve(landmarks)
   photo = load_photo(image)
   faces = detect_faces(photo, detector=detector, score_threshold=score_threshold)
   if not faces:
@@ -407,11 +424,11 @@ def align_photo(image, *, frame: Frame = CANONICAL, detector=None, select: str =
         f"found {len(faces)} face(s), all smaller than min_face_size={min_face_size:g} px "
         f"(largest {largest:.1f} px); pass a smaller min_face_size to accept them", reason="too_small")
   if select == "all":
-    return [align_face(photo, f, frame) for f in usable]
+    return [align_face(photo, f, frame, landmarks=landmarks) for f in usable]
   centre = (np.array(photo.shape[1::-1], np.float64) - 1) / 2
   preference = {
       "largest": lambda f: f.area,
       "best": lambda f: f.score,
       "central": lambda f: -np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre),
   }[select]
-  return align_face(photo, max(usable, key=preference), frame)
+  return align_face(photo, max(usable, key=preference), frame, landmarks=landmarks)

@@ -70,19 +70,19 @@ def chip_landmarks(size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> np.n
   return (padding + points) / (2 * padding + 1) * size
 
 
-#: Where the library's face alignment (YuNet's five landmarks, similarity fit into ``CANONICAL``) puts the five
-#: frame landmarks inside dlib's chip ``get_face_chip(img, shape, 150, 0.25)`` (HOG detector + 5-point
-#: predictor): the canonical landmarks of 398 random LFW photos mapped photo -> dlib chip through dlib's own
-#: chip transform, averaged (per-photo spread ~4 px). It differs from dlib's mean face (:func:`chip_landmarks`,
-#: where dlib's 68-point landmarks land) because YuNet's points are not iBUG's: its eye centres sit ~2 px higher
-#: and its mouth corners ~3 px lower, so the mean-face frame shrank faces by 4% and shifted them down 2-3 px.
-#: Privacy-LFW (1:N, 10,210 distractors) Top-1 / Top-5: 78.3% / 89.4% with the mean-face frame, 80.7% / 91.4% with
-#: this one. The rest of the gap to dlib's own pipeline (82.7%) is per-photo alignment: dlib's own chips of the
-#: test photos, even when passed through the 128x128 canonical frame, score ~2.4 points higher than ours.
+#: Where YuNet's five landmarks (the frame landmarks every frame is defined by) sit inside dlib's chip
+#: ``get_face_chip(img, shape, 150, 0.25)`` (HOG detector + 5-point predictor): the canonical landmarks of 398
+#: random LFW photos, aligned by YuNet's points, mapped photo -> dlib chip through dlib's own chip transform and
+#: averaged (per-photo spread ~4 px). It differs from dlib's mean face (:func:`chip_landmarks`, where dlib's
+#: 68-point landmarks land) because YuNet's points are not iBUG's: its eye centres sit ~2 px higher and its mouth
+#: corners ~3 px lower. This map places dlib's chip in the canonical frame; faces are aligned by dlib's own 5
+#: points (:data:`opomjax.faces.landmarks.CANONICAL_DLIB5_LANDMARKS`, derived from it), so a canonical chip
+#: resampled into this frame is dlib's chip of the photo. Privacy-LFW Top-1 with YuNet-point alignment: 78.3%
+#: (mean-face frame), 80.7% (this frame); with dlib-point alignment 83.9% (dlib's own pipeline: 82.7%).
 YUNET_IN_DLIB_CHIP_150 = ((49.02, 44.17), (102.38, 44.42), (75.55, 74.79), (53.31, 105.80), (97.50, 106.01))
 
 #: The geometry of dlib's 150x150 face chip with padding 0.25 (what the descriptor was trained on), in terms of
-#: the landmarks the library aligns by.
+#: the frame landmarks.
 DLIB_CHIP_150 = frame_lib.make_frame("dlib_chip150", (CHIP_SIZE, CHIP_SIZE), YUNET_IN_DLIB_CHIP_150)
 
 
