@@ -8,7 +8,7 @@ r"""FI-UAP (Eq. 17) on Privacy-LFW.
 
 Cost on the 2-core CPU machine (measured with the dlib surrogate, 16 steps: 10 s per identity on an idle machine, 18 s shared; evaluation:
 clean features once per target, ~3 min for dlib and ~4 min for SFace/onnxruntime, then ~30 s per method):
-``:dlib`` (10 identities) ~3 min + evaluation; ``:dlib_full`` (62) ~10 min + evaluation (measured); ``:sface_full`` ~25 min (SFace's
+``:dlib`` (10 identities) ~3 min + evaluation; ``:dlib_full`` (62) 10-11 min + evaluation (measured: 615-685 s of generation, docs/results); ``:sface_full`` ~25 min (SFace's
 forward+backward is 2.4x dlib's); ``_mdfa`` (100 steps) about 6x those. Estimates beyond the measured row scale
 linearly.
 """
