@@ -6,11 +6,11 @@ r"""GD-UAP (Eq. 16) on Privacy-LFW.
   python -m experiments.run --config=experiments/configs/gd_uap.py:dlib_mdfa_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/gd_uap.py:sface_mdfa_full --workdir=runs/privacy_lfw
 
-Cost on the 2-core CPU machine (measured with the dlib surrogate, 16 steps: 10 s per identity on an idle machine, 18 s shared; evaluation:
-clean features once per target, ~3 min for dlib and ~4 min for SFace/onnxruntime, then ~30 s per method):
-``:dlib`` (10 identities) ~3 min + evaluation; ``:dlib_full`` (62) 10-11 min + evaluation (measured: 615-685 s of generation, docs/results); ``:sface_full`` ~25 min (SFace's
-forward+backward is 2.4x dlib's); ``_mdfa`` (100 steps) about 6x those. Estimates beyond the measured row scale
-linearly.
+Cost on the 2-core CPU machine (16 steps, idle machine: ~10 s per identity with the dlib surrogate, ~12 s with
+SFace; evaluation: clean features once per target, ~3 min for dlib and ~4 min for SFace/onnxruntime, then
+~30 s per method): ``:dlib`` (10 identities) ~3 min + evaluation; ``:dlib_full`` (62) 10-11 min + evaluation
+(measured for every method in docs/results: 615-685 s of generation); ``:sface_full`` 10-13 min
+(597-760 s measured for four methods); ``_mdfa`` (100 steps) about 6x those. Unmeasured rows are estimates that scale linearly.
 """
 
 from experiments.configs import common
