@@ -2,8 +2,9 @@
 
 Each photo is detected and aligned by :func:`opomjax.faces.align_photo` (YuNet's box, dlib's 5 points in it).
 A photo in which no face is found is aligned by a *fallback*: a fixed landmark template for the kind of photo
-(see :data:`FALLBACKS`), mapped into the canonical frame by the same similarity warp as a detected face. Every chip records how it was aligned (``"detected"``,
-``"fallback"``, or ``"given"`` for photos that arrive already aligned) so that fallbacks can be counted.
+(see :data:`FALLBACKS`), mapped into the canonical frame by the same similarity warp as a detected face. Every
+chip records how it was aligned (``"detected"``, ``"fallback"``, or ``"given"`` for photos that arrive already
+aligned) so that fallbacks can be counted.
 """
 
 from __future__ import annotations
