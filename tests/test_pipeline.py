@@ -118,6 +118,15 @@ def test_markdown_table_layout():
   assert table[-1].startswith("| *clean accuracy* | 90.0 / 95.0")
 
 
+@pytest.mark.parametrize("surrogate,target,white", [
+    ("dlib_resnet", "dlib_resnet", True), ("dlib_resnet+mdfa", "dlib_resnet", True),
+    ("sface", "sface_onnx", True), ("sface+mdfa", "sface_onnx", True),
+    ("dlib_resnet+mdfa", "sface_onnx", False), ("sface", "dlib_resnet", False),
+])
+def test_white_box_is_the_surrogate_itself_in_any_variant(surrogate, target, white):
+  assert reports.is_white_box(surrogate, target) is white
+
+
 def test_merge_rows_replaces_same_key():
   rows = _rows()
   new = dict(rows[0], top1=0.99)

@@ -60,6 +60,13 @@ def row_label(row: dict) -> str:
   return f"{row['method']} ({row['surrogate']})"
 
 
+def is_white_box(surrogate: str, target: str) -> bool:
+  """Whether ``target`` is the surrogate itself: ``dlib_resnet+mdfa`` attacks ``dlib_resnet``, ``sface`` (the
+  JAX translation) attacks ``sface_onnx`` (the original)."""
+  model = surrogate.split("+")[0]
+  return model == target or model == target.removesuffix("_onnx")
+
+
 def markdown_table(rows: list[dict]) -> str:
   """Paper-style table: one row per (method, surrogate), one column per target, "Top-1 / Top-5" in percent.
 
@@ -77,7 +84,7 @@ def markdown_table(rows: list[dict]) -> str:
       if r is None:
         cells.append("–")
         continue
-      box = "wb" if r["surrogate"] == t or r["surrogate"] == t.removesuffix("_onnx") else "bb"
+      box = "wb" if is_white_box(r["surrogate"], t) else "bb"
       cells.append(f"{100 * r['top1']:.1f} / {100 * r['top5']:.1f} ({box})")
       seconds = r["seconds"]
     lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds:.0f} |")
