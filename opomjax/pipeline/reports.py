@@ -115,7 +115,7 @@ def bar_chart(rows: list[dict], path: str | os.PathLike, metric: str = "top1") -
   ax.set_xticks(x + width * (len(targets) - 1) / 2, labels, rotation=30, ha="right", fontsize=8)
   ax.set_ylabel(f"protection success rate, {metric} (%)")
   ax.set_ylim(0, 100)
-  ax.legend(title="target")
+  ax.legend(title="target", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over a bar
   fig.tight_layout()
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=120)
