@@ -6,12 +6,8 @@ r"""OPOM-AffineHull (Eq. 8) on Privacy-LFW.
   python -m experiments.run --config=experiments/configs/opom_affine.py:dlib_mdfa_full --workdir=runs/privacy_lfw
   python -m experiments.run --config=experiments/configs/opom_affine.py:sface_mdfa_full --workdir=runs/privacy_lfw
 
-Cost on the 2-core CPU machine (16 steps, idle machine: ~10 s per identity with the dlib surrogate, ~12 s with
-SFace; evaluation: clean features once per target, ~3 min for dlib and ~4 min for SFace/onnxruntime, then
-~30 s per method): ``:dlib`` (10 identities) ~3 min + evaluation; ``:dlib_full`` (62) 10-11 min + evaluation
-(measured for every method in docs/results: 615-685 s of generation); ``:sface_full`` 10-13 min
-(588-760 s measured for all six methods); ``_mdfa`` (100 steps, momentum + DFANet) ~7x those: with dlib 4,265 s
-(OPOM-ConvexHull) and 4,361 s (FI-UAP) measured, with SFace ~1.5 h estimated. Unmeasured rows are estimates that scale linearly.
+Cost on the 2-core CPU machine (generation, 62 identities): ~10-13 min per 16-step row, ~72 min (dlib) or
+~1.5 h (SFace, estimated) with ``_mdfa``; per-variant breakdown in experiments/configs/common.py.
 """
 
 from experiments.configs import common
