@@ -2,14 +2,16 @@
 
 Variants (the ``:ARG`` after a config file name): ``dlib`` (surrogate dlib ResNet), ``sface`` (surrogate SFace in
 JAX), each optionally with ``_mdfa`` (momentum + DFANet, the paper's Table 4/5 setting: 100 steps, μ = 1.0,
-dropout 0.1; 0.02 for SFace, whose plain chain of convolutions does not tolerate more), and ``_full`` (all 62 Privacy-LFW identities; default: the first 10), e.g. ``sface_mdfa_full``.
+dropout 0.1; 0.02 for SFace, whose plain chain of convolutions does not tolerate more), and ``_full`` (all 62
+Privacy-LFW identities; default: the first 10), e.g. ``sface_mdfa_full``.
 
 Cost on the 2-core CPU machine (16 steps, idle machine: ~10 s per identity with the dlib surrogate, ~12 s with
 SFace; evaluation: clean features once per target, ~3 min for dlib and ~4 min for SFace/onnxruntime, then
 ~30 s per method): ``:dlib`` (10 identities) ~3 min + evaluation; ``:dlib_full`` (62) 10-11 min + evaluation
 (measured for every method in docs/results: 615-685 s of generation); ``:sface_full`` 10-13 min
-(588-760 s measured for all six methods); ``_mdfa`` (100 steps, momentum + DFANet) ~7x those: with dlib 4,180-4,361 s
-measured (OPOM-ClassCenter, -AffineHull, -ConvexHull, FI-UAP), with SFace ~1.5 h estimated. Unmeasured rows are estimates that scale linearly.
+(588-760 s measured for all six methods); ``_mdfa`` (100 steps, momentum + DFANet) ~7x those: with dlib
+4,180-4,361 s measured (OPOM-ClassCenter, -AffineHull, -ConvexHull, FI-UAP), with SFace ~1.5 h estimated.
+Unmeasured rows are estimates that scale linearly.
 """
 
 import ml_collections
