@@ -2,6 +2,7 @@
 finished identities, and two processes on localhost (JAX CPU collectives) split the identities and produce the
 same masks as one process. Surrogate: the real dlib ResNet; data: the synthetic noise protocol (no data set)."""
 
+import json
 import os
 import pathlib
 import signal
@@ -68,11 +69,15 @@ def test_killed_run_resumes_without_redoing_finished_identities(tmp_path, refere
   assert 2 <= len(finished) < NUM_IDS, "the kill must land in the middle of the run"
   for name in finished:  # everything visible after a kill is a whole, valid mask file
     assert masks.is_complete(mask_dir / name)
+  timing = tmp_path / RUN_DIR / "generation.0.json"
+  killed_seconds = json.loads(timing.read_text())["seconds"]  # the finished groups' time survives the kill
+  assert killed_seconds > 0
 
   out = finish(launch("experiments.generate", tmp_path))
   for name, (mtime, data) in finished.items():  # finished identities were not redone
     assert (mask_dir / name).stat().st_mtime_ns == mtime and (mask_dir / name).read_bytes() == data
   assert f"'skipped': {len(finished)}" in out
+  assert json.loads(timing.read_text())["seconds"] > killed_seconds  # the resumed run adds its own time
   resumed = read_masks(tmp_path)
   assert sorted(resumed) == sorted(reference)
   for name, (mask, meta) in resumed.items():  # identical to the uninterrupted run, bit for bit

@@ -135,7 +135,9 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
   mine = sum(len(idx) for _, idx in groups)
   done = sum(masks_lib.is_complete(masks_lib.mask_path(workdir, names[i])) for _, idx in groups for i in idx)
   bar = tqdm(total=mine, initial=done, desc=f"{method} masks", unit="id", disable=not show_progress)
+  timing_path = workdir / f"generation.{jax.process_index()}.json"
   start, generated = time.time(), 0
+  counted = start
   for g, idx in groups:
     pending = [i for i in idx if not masks_lib.is_complete(masks_lib.mask_path(workdir, names[i]))]
     if not pending:
@@ -160,14 +162,22 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
     for row, i in enumerate(idx):
       if i in pending:
         masks_lib.save_mask(masks_lib.mask_path(workdir, names[i]), masks[row], {**metadata, "group": g, "process_index": jax.process_index()})
+    counted = add_generation_seconds(timing_path, counted)
     generated += len(pending)
     bar.update(len(pending))
   bar.close()
-  seconds = time.time() - start
-  timing_path = workdir / f"generation.{jax.process_index()}.json"
+  return {"method": method, "generated": generated, "skipped": mine - generated, "seconds": time.time() - start}
+
+
+def add_generation_seconds(timing_path: pathlib.Path, since: float) -> float:
+  """Adds the wall time since ``since`` to the total in ``timing_path`` (atomically); returns now.
+
+  Called after every finished group, so a killed run keeps the time of the masks it saved.
+  """
+  now = time.time()
   previous = json.loads(timing_path.read_text())["seconds"] if timing_path.is_file() else 0.0
-  masks_lib.atomic_write_bytes(timing_path, json.dumps({"seconds": previous + seconds}).encode())
-  return {"method": method, "generated": generated, "skipped": mine - generated, "seconds": seconds}
+  masks_lib.atomic_write_bytes(timing_path, json.dumps({"seconds": previous + now - since}).encode())
+  return now
 
 
 def generation_seconds(workdir) -> float:
