@@ -10,7 +10,7 @@ SFace; evaluation: clean features once per target, ~3 min for dlib and ~4 min fo
 ~30 s per method): ``:dlib`` (10 identities) ~3 min + evaluation; ``:dlib_full`` (62) 10-11 min + evaluation
 (measured for every method in docs/results: 615-685 s of generation); ``:sface_full`` 10-13 min
 (588-760 s measured for all six methods); ``_mdfa`` (100 steps, momentum + DFANet) ~7x those: with dlib
-4,180-4,442 s measured (all five methods of docs/results), with SFace ~1.5-2 h estimated (~195 s per
+4,180-4,442 s measured (all five methods of docs/results), with SFace ~3 h estimated (~195 s per
 identity measured for 16 identities of OPOM-ConvexHull on a machine shared with test runs).
 Unmeasured rows are estimates that scale linearly.
 """
