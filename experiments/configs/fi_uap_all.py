@@ -7,7 +7,7 @@ r"""FI-UAP-all (one mask for all identities) on Privacy-LFW.
   python -m experiments.run --config=experiments/configs/fi_uap_all.py:sface_mdfa_full --workdir=runs/privacy_lfw
 
 Cost on the 2-core CPU machine (generation, 62 identities; estimated, not measured for this method): ~10-13 min
-per 16-step row, ~72 min (dlib) or ~3 h (SFace) with ``_mdfa``; per-variant breakdown in
+per 16-step row, ~72 min (dlib) or ~3.2 h (SFace) with ``_mdfa``; per-variant breakdown in
 experiments/configs/common.py.
 """
 
