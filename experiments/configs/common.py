@@ -10,9 +10,8 @@ SFace; evaluation: clean features once per target, ~3 min for dlib and ~4 min fo
 ~30 s per method): ``:dlib`` (10 identities) ~3 min + evaluation; ``:dlib_full`` (62) 10-11 min + evaluation
 (measured for every method in docs/results: 615-685 s of generation); ``:sface_full`` 10-13 min
 (588-760 s measured for all six methods); ``_mdfa`` (100 steps, momentum + DFANet): with dlib ~7x those,
-4,180-4,442 s measured (all five methods of docs/results), with SFace 11,231-11,568 s (~3.1-3.2 h, ~180 s per
-identity alone) measured for OPOM-ConvexHull, OPOM-AffineHull, OPOM-ClassCenter and FI-UAP, FI-UAP+ estimated the
-same. Unmeasured rows are estimates that scale linearly.
+4,180-4,442 s measured (all five methods of docs/results), with SFace 11,231-12,186 s (~3.1-3.4 h, ~180-200 s per
+identity alone) measured (all five methods).
 """
 
 import ml_collections
