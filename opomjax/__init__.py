@@ -23,7 +23,7 @@ _EXPORTS = {
 def __getattr__(name):
   if name in _EXPORTS:
     return getattr(importlib.import_module(_EXPORTS[name]), name)
-  if name in ("core", "models", "faces", "data", "frame", "checkpoints"):
+  if name in ("core", "models", "faces", "data", "frame"):
     return importlib.import_module(f"opomjax.{name}")
   raise AttributeError(f"module 'opomjax' has no attribute {name!r}")
 

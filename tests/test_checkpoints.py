@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from opomjax import checkpoints
+from opomjax.models import checkpoints
 from opomjax.models import dlib_resnet
 from opomjax.models import dlib_serialization
 from opomjax.models import registry as model_registry

@@ -256,7 +256,7 @@ def make_net_fn(model: DlibResNet | None = None) -> base.NetFn:
 
 def load_params(weights: str | os.PathLike | None = None) -> dict:
   """Real weights: the registered dlib file (converted once and cached), a ``.dat`` file, or a cached file."""
-  from opomjax import checkpoints  # pylint: disable=import-outside-toplevel
+  from opomjax.models import checkpoints  # pylint: disable=import-outside-toplevel
 
   if weights is None:
     return checkpoints.load_params("dlib_resnet")

