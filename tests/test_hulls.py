@@ -329,6 +329,102 @@ def test_distance_gradient_is_zero_not_nan_on_the_hull():
 
 
 # --------------------------------------------------------------------------------------------------------
+# Plain-JAX linear algebra (no LAPACK kernels in the box solvers) and full-precision matrix products.
+
+
+def lowered_text(lower, upper, solver, batch=(3,), n=5, m=4, d=16):
+  """StableHLO of ``hull_coefficients`` (as compiled) for a batch of ``batch`` feature sets."""
+  features = jnp.zeros(batch + (n, d), jnp.float32)
+  queries = jnp.zeros(batch + (m, d), jnp.float32)
+  maxiter, tol = hulls._DEFAULT_SETTINGS[(solver, 4)]
+  return hulls._hull_coefficients_compiled.lower(
+      features, queries, lower=lower, upper=upper, solver=solver, maxiter=maxiter, tol=tol
+  ).as_text()
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("lower,upper", [(0.0, 1.0), (0.05, 0.3)])
+def test_box_solvers_call_no_lapack_kernel(lower, upper, solver):
+  """jaxlib 0.10's CPU LAPACK kernels block XLA pool threads on large batches, which deadlocks once as many
+  calls run at once as there are threads; the box-constrained solvers must not emit any of them."""
+  text = lowered_text(lower, upper, solver)
+  assert "while" in text  # the solver loop is there
+  assert "lapack" not in text.lower() and "custom_call" not in text
+
+
+def test_lu_solve_matches_numpy_and_needs_pivoting():
+  rng = np.random.default_rng(10)
+  matrices = rng.normal(size=(50, 11, 11))
+  matrices[:, 0, 0] = 0.0  # the first pivot must come from another row
+  matrices[:5] = np.triu(matrices[:5][:, ::-1])  # anti-triangular: every step swaps rows
+  rhs = rng.normal(size=(50, 11))
+  expected = np.linalg.solve(matrices, rhs[..., None])[..., 0]
+  with jax.enable_x64(True):
+    solved = jax.vmap(hulls._solve)(jnp.asarray(matrices), jnp.asarray(rhs))
+  np.testing.assert_allclose(solved, expected, rtol=1e-9, atol=1e-9)
+  singular = np.ones((3, 3))
+  assert not np.all(np.isfinite(hulls._solve(jnp.asarray(singular, jnp.float32), jnp.ones(3))))
+
+
+def test_max_eigenvalue_bound_is_an_upper_bound_within_the_stated_factor():
+  rng = np.random.default_rng(11)
+  for n, rank in ((10, 10), (10, 3), (30, 30), (2, 1)):
+    factor = rng.normal(size=(n, rank))
+    gram = factor @ factor.T
+    exact = np.linalg.eigvalsh(gram)[-1]
+    bound = float(hulls._max_eigenvalue_bound(jnp.asarray(gram, jnp.float32)))
+    assert exact * (1 - 1e-5) <= bound <= exact * n ** (1 / 1024) * (1 + 1e-5)
+  assert float(hulls._max_eigenvalue_bound(jnp.zeros((4, 4)))) == 0.0
+
+
+def dot_precisions(text):
+  return [line.split("precision = ")[1].split("]")[0] for line in text.splitlines() if "dot_general" in line]
+
+
+@pytest.mark.parametrize(
+    "lower,upper,solver", [(0.0, 1.0, "osqp"), (0.0, 1.0, "fista"), (0.05, 0.3, "osqp"), (-np.inf, np.inf, "fista")]
+)
+def test_hull_matrix_products_run_at_highest_precision(lower, upper, solver):
+  """Every dot_general of the solvers (OSQP's internal products included), of the affine closed form and of the
+  distance carries HIGHEST precision, so TF32 on a GPU cannot round the features to 10 mantissa bits."""
+  precisions = dot_precisions(lowered_text(lower, upper, solver))
+  distance = functools.partial(hulls.hull_distance, lower=lower, upper=upper, solver=solver)
+  precisions += dot_precisions(jax.jit(distance).lower(jnp.zeros((3, 5, 16)), jnp.zeros((3, 4, 16))).as_text())
+  assert precisions and set(precisions) == {"[HIGHEST, HIGHEST"}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("name", ["F", "Y"])
+def test_non_finite_inputs_raise_eagerly_naming_the_argument(people, name, bad):
+  features, queries = (np.array(x, np.float32) for x in people)
+  (features if name == "F" else queries)[0, 1, 3] = bad
+  for function in (hulls.hull_distance, hulls.hull_coefficients, hulls.project_to_hull):
+    with pytest.raises(ValueError, match=f"^{name} contains NaN or Inf"):
+      function(features, queries)
+
+
+@pytest.mark.parametrize("lower,upper", [(0.0, 1.0), (-np.inf, np.inf)])
+def test_non_finite_inputs_give_nan_distances_under_jit(people, lower, upper):
+  """A NaN query (or a feature set with a NaN) must not read as "on the hull" (distance 0) under jit."""
+  features, queries = (np.array(x, np.float32) for x in people)
+  distance = jax.jit(functools.partial(hulls.hull_distance, lower=lower, upper=upper, solver="fista"))
+  clean = np.asarray(distance(features, queries))
+  bad_queries = queries.copy()
+  bad_queries[0, 2, 5] = np.nan
+  bad_queries[1, 4, 0] = np.inf
+  result = np.asarray(distance(features, bad_queries))
+  assert np.isnan(result[0, 2]) and np.isnan(result[1, 4])
+  keep = np.ones(result.shape, bool)
+  keep[0, 2] = keep[1, 4] = False
+  np.testing.assert_allclose(result[keep], clean[keep], atol=1e-6)
+  bad_features = features.copy()
+  bad_features[1, 0, 0] = np.nan
+  result = np.asarray(distance(bad_features, queries))
+  assert np.all(np.isnan(result[1]))
+  np.testing.assert_allclose(result[0], clean[0], atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Errors.
 
 

@@ -30,6 +30,19 @@ JAX, batched with ``vmap`` over all leading axes and jittable, by one of two sol
 - ``"osqp"``: ``jaxopt.BoxOSQP`` (ADMM), equality and box in one constraint matrix, followed by the same
   projection and active-set step.
 
+No LAPACK call inside the solvers. Every matrix operation of the box-constrained solve (the KKT solves, the
+linear systems of OSQP, the Lipschitz constant of FISTA) is written in plain JAX operations
+(:func:`_lu_factor`, :func:`_lu_solve`, :func:`_max_eigenvalue_bound`) rather than ``jnp.linalg`` /
+``jax.scipy.linalg``. On CPU those call jaxlib's LAPACK kernels, which in jaxlib 0.10.x split a large batch
+over XLA's intra-op thread pool and then *block* a pool thread until the pieces are done; once as many such
+calls run at the same time as the pool has threads (the three independent KKT solves of :func:`_polish`, the
+solves inside a batched OSQP loop, or one call per device when sharded) every pool thread waits for work
+that no thread is left to run, and the program hangs forever in ``block_until_ready``. In plain JAX the
+small dense solves are ordinary fused XLA operations, which never block a pool thread.
+
+Matrix products run at ``jax.lax.Precision.HIGHEST`` (Gram matrices, projections, distances, and the
+products inside ``jaxopt.BoxOSQP``), so TF32 on GPUs cannot degrade the float32 accuracy quoted below.
+
 Coefficients carry no gradient (the solver sees ``lax.stop_gradient`` of its inputs): the OPOM objectives use
 them as constants, which by Danskin's theorem gives the gradient of the distance itself (:func:`hull_distance`
 is differentiable with respect to ``Y`` and ``F`` on that basis), so no gradient flows through a solver.
@@ -62,6 +75,17 @@ SOLVERS = ("osqp", "fista")
 
 # Relative slack of the bound checks ``n * lower <= 1 <= n * upper`` (so that ``lower = 1 / n`` passes).
 _BOUND_RTOL = 1e-9
+
+#: Precision of every matrix product here: full float32 (no TF32 / bfloat16 passes on GPUs and TPUs).
+_PRECISION = jax.lax.Precision.HIGHEST
+
+# Squarings in :func:`_max_eigenvalue_bound`: the bound exceeds lambda_max by a factor of at most
+# n ** (1 / 2 ** 10) (0.23 % for n = 10, 0.45 % for n = 100).
+_EIGENVALUE_SQUARINGS = 10
+
+
+def _matmul(a: Array, b: Array) -> Array:
+  return jnp.matmul(a, b, precision=_PRECISION)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,8 +220,8 @@ def affine_hull_coefficients(features: Array, queries: Array) -> Array:
   n = features.shape[-2]
   s_inv = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
   offsets = queries - mean[..., None, :]  # (..., m, d)
-  along_basis = jnp.einsum("...md,...rd->...mr", offsets, vt) * s_inv[..., None, :]
-  offsets_in_hull = jnp.einsum("...mr,...nr->...mn", along_basis, w)
+  along_basis = jnp.einsum("...md,...rd->...mr", offsets, vt, precision=_PRECISION) * s_inv[..., None, :]
+  offsets_in_hull = jnp.einsum("...mr,...nr->...mn", along_basis, w, precision=_PRECISION)
   # Exactly, the columns of W are orthogonal to 1; removing the mean keeps sum a = 1 under round-off too.
   offsets_in_hull -= jnp.mean(offsets_in_hull, axis=-1, keepdims=True)
   return 1.0 / n + offsets_in_hull
@@ -263,6 +287,86 @@ def project_capped_simplex(v: Array, lower: float = 0.0, upper: float = 1.0) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Small dense linear algebra in plain JAX operations (no LAPACK custom calls; see the module docstring).
+
+
+def _lu_factor(a: Array) -> tuple[Array, Array]:
+  """LU factorisation with partial pivoting of one square matrix ``a (N, N)``: ``a[perm] = L U``.
+
+  Gaussian elimination with the row of largest magnitude as pivot (LAPACK's ``getrf`` rule, first maximum on
+  ties). ``L`` (unit diagonal, not stored) lies below the diagonal of the returned ``lu``, ``U`` on and above
+  it. A zero pivot is divided by, as LAPACK's triangular solve would: the solution of a singular system comes
+  out non-finite.
+
+  Returns:
+    ``(lu (N, N), perm (N,))``.
+  """
+  size = a.shape[-1]
+  index = jnp.arange(size)
+
+  def eliminate(k, state):
+    lu, perm = state
+    pivot_row = jnp.argmax(jnp.where(index >= k, jnp.abs(lu[:, k]), -1.0))
+    swap = jnp.where(index == k, pivot_row, jnp.where(index == pivot_row, k, index))
+    lu, perm = lu[swap], perm[swap]
+    below = index > k
+    multipliers = jnp.where(below, lu[:, k] / lu[k, k], 0.0)
+    lu = lu - multipliers[:, None] * jnp.where(below, lu[k], 0.0)[None, :]
+    lu = jnp.where((index == k)[None, :] & below[:, None], multipliers[:, None], lu)
+    return lu, perm
+
+  return jax.lax.fori_loop(0, size, eliminate, (a, index))
+
+
+def _lu_solve(lu: Array, perm: Array, rhs: Array) -> Array:
+  """Solves ``a x = rhs`` for one vector ``rhs (N,)`` from :func:`_lu_factor`'s ``(lu, perm)`` of ``a``."""
+  size = rhs.shape[-1]
+  index = jnp.arange(size)
+
+  def forward(k, y):  # L y = rhs[perm], column by column
+    return y - jnp.where(index > k, lu[:, k], 0.0) * y[k]
+
+  def backward(step, y):  # U x = y, from the last column to the first
+    k = size - 1 - step
+    x_k = y[k] / lu[k, k]
+    return jnp.where(index == k, x_k, y - jnp.where(index < k, lu[:, k], 0.0) * x_k)
+
+  return jax.lax.fori_loop(0, size, backward, jax.lax.fori_loop(0, size, forward, rhs[perm]))
+
+
+def _solve(a: Array, rhs: Array) -> Array:
+  """``jnp.linalg.solve(a, rhs)`` for one square ``a (N, N)`` and ``rhs (N,)``, without LAPACK."""
+  return _lu_solve(*_lu_factor(a), rhs)
+
+
+def _max_eigenvalue_bound(gram: Array) -> Array:
+  """Upper bound on the largest eigenvalue of a PSD ``gram (n, n)``, within a factor ``n ** (1 / 1024)``.
+
+  For PSD ``G``, ``lambda_max <= tr(G^(2^p)) ** (2^-p) <= n ** (2^-p) lambda_max``. ``G^(2^p)`` is formed
+  by ``p`` squarings, each renormalised to unit trace (``M_0 = G / tr G``, ``M_k = M_{k-1}^2 / s_k`` with
+  ``s_k = tr M_{k-1}^2``), so that
+
+  .. math::
+
+    \\operatorname{tr}(G^{2^p})^{2^{-p}} = \\operatorname{tr}(G) \\prod_{k=1}^{p} s_k^{2^{-k}} .
+
+  Returns 0 for ``G = 0``.
+  """
+  trace = jnp.trace(gram)
+  positive = trace > 0
+  scale = jnp.where(positive, trace, 1.0)
+  normalised = gram / scale
+  log_bound = jnp.log(scale)
+  for k in range(1, _EIGENVALUE_SQUARINGS + 1):
+    normalised = _matmul(normalised, normalised)
+    trace_k = jnp.trace(normalised)
+    trace_k = jnp.where(trace_k > 0, trace_k, 1.0)
+    normalised = normalised / trace_k
+    log_bound = log_bound + jnp.log(trace_k) / 2**k
+  return jnp.where(positive, jnp.exp(log_bound), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The box-constrained QP: min_a a^T G a - 2 b^T a (+ const), sum a = 1, L <= a <= U, on the centred Gram form.
 
 
@@ -274,12 +378,12 @@ def _centred_gram(features: Array, queries: Array) -> tuple[Array, Array]:
   """
   mean = class_center(features)
   centred = features - mean
-  return centred @ centred.T, (queries - mean) @ centred.T
+  return _matmul(centred, centred.T), _matmul(queries - mean, centred.T)
 
 
 def _objective(gram: Array, b: Array, a: Array) -> Array:
   """``a^T G a - 2 b^T a``: the squared distance minus the constant ``||y - mu||^2``."""
-  return a @ gram @ a - 2.0 * b @ a
+  return jnp.dot(a, _matmul(gram, a), precision=_PRECISION) - 2.0 * jnp.dot(b, a, precision=_PRECISION)
 
 
 def _active_set_step(
@@ -310,9 +414,9 @@ def _active_set_step(
   rhs = jnp.where(held, held_values, b)
   ones_col = jnp.where(held, 0.0, 1.0).astype(dtype)
   kkt = jnp.block([[rows, ones_col[:, None]], [jnp.ones((1, n), dtype), jnp.zeros((1, 1), dtype)]])
-  solution = jnp.linalg.solve(kkt, jnp.concatenate([rhs, jnp.ones((1,), dtype)]))
+  solution = _solve(kkt, jnp.concatenate([rhs, jnp.ones((1,), dtype)]))
   solution, nu = solution[:n], solution[n]
-  multipliers = gram @ solution - b + nu
+  multipliers = _matmul(gram, solution) - b + nu
   slack = 1e3 * jnp.finfo(dtype).eps * (1.0 + jnp.max(jnp.abs(gram)) + jnp.max(jnp.abs(b)))
   is_kkt_point = (
       jnp.all(jnp.isfinite(solution))
@@ -349,11 +453,12 @@ def _fista_solve(gram: Array, b: Array, lower: float, upper: float, maxiter: int
 
   Step ``1 / Lip`` with ``Lip = 2 lambda_max(G)`` of the centred Gram matrix: the iterates stay on
   ``sum a = 1``, where the objective's curvature is that of ``G`` (smaller than that of ``F F^T``, which also
-  carries the large common direction of same-person features). Stops when no coordinate moves by more than
-  ``tol`` in one step, or after ``maxiter`` steps.
+  carries the large common direction of same-person features). ``lambda_max`` is over-estimated by at most
+  ``n ** (1 / 1024)`` (:func:`_max_eigenvalue_bound`). Stops when no coordinate moves by more than ``tol`` in
+  one step, or after ``maxiter`` steps.
   """
   n = b.shape[-1]
-  lipschitz = 2.0 * jnp.linalg.eigvalsh(gram)[-1]
+  lipschitz = 2.0 * _max_eigenvalue_bound(gram)
   step = 1.0 / jnp.maximum(lipschitz, jnp.finfo(gram.dtype).tiny)
   project = functools.partial(project_capped_simplex, lower=lower, upper=upper)
   start = project(jnp.full_like(b, 1.0 / n))
@@ -366,8 +471,8 @@ def _fista_solve(gram: Array, b: Array, lower: float, upper: float, maxiter: int
     x, x_prev, t, k, _ = state
     t_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t * t))
     y = x + ((t - 1.0) / t_next) * (x - x_prev)
-    x_next = project(y - step * 2.0 * (gram @ y - b))
-    restart = jnp.dot(y - x_next, x_next - x) > 0
+    x_next = project(y - step * 2.0 * (_matmul(gram, y) - b))
+    restart = jnp.dot(y - x_next, x_next - x, precision=_PRECISION) > 0
     t_next = jnp.where(restart, 1.0, t_next)
     delta = jnp.max(jnp.abs(x_next - x))
     return x_next, x, t_next, k + 1, delta
@@ -386,6 +491,32 @@ def _import_box_osqp():
   return jaxopt.BoxOSQP
 
 
+class _OsqpLuSolver:
+  """The linear solver of ``jaxopt.BoxOSQP(eq_qp_solve="lu")`` with :func:`_lu_factor` for LAPACK's ``getrf``.
+
+  Same interface and algorithm as ``jaxopt``'s ``OSQPLUSolver`` (it solves
+  ``(Q + sigma I + rho_bar A^T A) x = b`` for dense ``Q`` and ``A``, refactorising whenever ``rho_bar``
+  changes), on one problem; ``vmap`` batches it.
+  """
+
+  @staticmethod
+  def _factor(params_q, params_a, sigma, rho_bar):
+    eye = jnp.eye(params_q.shape[-1], dtype=params_q.dtype)
+    return _lu_factor(params_q + sigma * eye + rho_bar * _matmul(params_a.T, params_a))
+
+  def init_state(self, init_params, params_Q, params_A, sigma, rho_bar):  # pylint: disable=invalid-name
+    del init_params
+    return (params_Q, params_A, sigma), self._factor(params_Q, params_A, sigma, rho_bar)
+
+  def update_stepsize(self, solver_state, rho_bar):
+    (params_q, params_a, sigma), _ = solver_state
+    return (params_q, params_a, sigma), self._factor(params_q, params_a, sigma, rho_bar)
+
+  def run(self, b, osqp_state):
+    _, (lu, perm) = osqp_state.solver_state
+    return _lu_solve(lu, perm, b), osqp_state.solver_state
+
+
 def _osqp_solve(gram: Array, b: Array, lower: float, upper: float, maxiter: int, tol: float) -> Array:
   """``jaxopt.BoxOSQP`` for one query: ``min 1/2 a^T (2G) a - 2 b^T a`` s.t. ``[1^T; I] a`` in ``[l, u]``.
 
@@ -394,18 +525,21 @@ def _osqp_solve(gram: Array, b: Array, lower: float, upper: float, maxiter: int,
   and stops converging; the ridge makes the minimiser unique and moves the objective by at most
   ``10 eps * tr(G) / n * ||a||^2``. The ADMM iterate is feasible only to ``tol``; it is made exactly feasible
   by the capped-simplex projection and refined on the unregularised objective by one active-set step
-  (:func:`_polish`).
+  (:func:`_polish`). OSQP's linear systems are factorised by :func:`_lu_factor` (:class:`_OsqpLuSolver`), not
+  by LAPACK, and its matrix products run at full precision (``jax.default_matmul_precision("highest")``).
   """
   n = b.shape[-1]
   dtype = gram.dtype
   ridge = 10 * jnp.finfo(dtype).eps * jnp.trace(gram) / n
   box_osqp = _import_box_osqp()
   solver = box_osqp(tol=tol, maxiter=maxiter, eq_qp_solve="lu", check_primal_dual_infeasability=False)
+  solver._eq_qp_solve_impl = _OsqpLuSolver()  # pylint: disable=protected-access
   constraints = jnp.concatenate([jnp.ones((1, n), dtype), jnp.eye(n, dtype=dtype)])
   low = jnp.concatenate([jnp.ones((1,), dtype), jnp.full((n,), lower, dtype)])
   high = jnp.concatenate([jnp.ones((1,), dtype), jnp.full((n,), upper, dtype)])
   quadratic = 2.0 * (gram + ridge * jnp.eye(n, dtype=dtype))
-  result = solver.run(params_obj=(quadratic, -2.0 * b), params_eq=constraints, params_ineq=(low, high))
+  with jax.default_matmul_precision("highest"):
+    result = solver.run(params_obj=(quadratic, -2.0 * b), params_eq=constraints, params_ineq=(low, high))
   a = project_capped_simplex(result.params.primal[0], lower, upper)
   return _polish(gram, b, a, lower, upper)
 
@@ -454,6 +588,19 @@ def _check_inputs(features: Array, queries: Array) -> tuple[Array, Array]:
   return features.astype(dtype), queries.astype(dtype)
 
 
+def _check_finite(**arrays: Array) -> None:
+  """Raises ValueError naming the first concrete (not traced) array that holds NaN or Inf."""
+  for name, array in arrays.items():
+    if not isinstance(array, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(array))):
+      raise ValueError(f"{name} contains NaN or Inf; hull coefficients and distances need finite features")
+
+
+def _nan_where_not_finite(coefficients: Array, features: Array, queries: Array) -> Array:
+  """NaN coefficients for every query that is not finite or whose feature set is not (traced inputs)."""
+  finite = jnp.all(jnp.isfinite(queries), axis=-1) & jnp.all(jnp.isfinite(features), axis=(-2, -1))[..., None]
+  return jnp.where(finite[..., None], coefficients, jnp.nan)
+
+
 @functools.partial(jax.jit, static_argnames=("lower", "upper", "solver", "maxiter", "tol"))
 def _hull_coefficients_compiled(F, Y, *, lower, upper, solver, maxiter, tol):
   """:func:`hull_coefficients` on validated inputs, compiled once per shape and setting (cheap eager calls)."""
@@ -462,15 +609,17 @@ def _hull_coefficients_compiled(F, Y, *, lower, upper, solver, maxiter, tol):
   F = jnp.broadcast_to(F, lead + F.shape[-2:])
   Y = jnp.broadcast_to(Y, lead + Y.shape[-2:])
   if _is_affine(lower, upper):
-    return affine_hull_coefficients(F, Y)
-  if _is_single_point(lower, upper, n):
-    return jnp.full(lead + (Y.shape[-2], n), 1.0 / n, F.dtype)
-  solve = functools.partial(
-      _box_qp_coefficients, lower=lower, upper=upper, solver=solver, maxiter=maxiter, tol=tol
-  )
-  for _ in lead:
-    solve = jax.vmap(solve)
-  return solve(F, Y)
+    coefficients = affine_hull_coefficients(F, Y)
+  elif _is_single_point(lower, upper, n):
+    coefficients = jnp.full(lead + (Y.shape[-2], n), 1.0 / n, F.dtype)
+  else:
+    solve = functools.partial(
+        _box_qp_coefficients, lower=lower, upper=upper, solver=solver, maxiter=maxiter, tol=tol
+    )
+    for _ in lead:
+      solve = jax.vmap(solve)
+    coefficients = solve(F, Y)
+  return _nan_where_not_finite(coefficients, F, Y)
 
 
 def hull_coefficients(
@@ -515,11 +664,18 @@ def hull_coefficients(
     tol: stopping tolerance of the solver; ``None`` picks a default for the dtype (float32: objective within
       ``1e-5`` of the exact optimum on realistic face features).
 
+  Large batches are safe on CPU: the box-constrained solvers use no LAPACK kernels (see the module
+  docstring), so many thousands of problems in one call, under ``vmap``, or sharded over devices cannot
+  deadlock XLA's thread pool.
+
   Returns:
-    ``A (..., m, n)`` with broadcast leading axes, rows summing to one and inside ``[lower, upper]``.
+    ``A (..., m, n)`` with broadcast leading axes, rows summing to one and inside ``[lower, upper]``. Under
+    ``jit`` (traced inputs), the rows of queries with a NaN or Inf, and all rows of a feature set with one, are
+    NaN.
 
   Raises:
-    ValueError: for bad shapes, infeasible or NaN bounds (naming ``lower``/``upper``) or an unknown solver.
+    ValueError: for bad shapes, infeasible or NaN bounds (naming ``lower``/``upper``), an unknown solver, or
+      concrete ``F`` or ``Y`` holding NaN or Inf (naming the argument).
 
   Example:
     >>> F = jnp.eye(3)
@@ -530,6 +686,7 @@ def hull_coefficients(
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
   F, Y = _check_inputs(F, Y)
   lower, upper = validate_bounds(lower, upper, F.shape[-2])
+  _check_finite(F=F, Y=Y)
   default_maxiter, default_tol = _DEFAULT_SETTINGS[(solver, F.dtype.itemsize)]
   # Stopping the gradient at the inputs (not only at the output) keeps autodiff from carrying tangents
   # through the solver's iterations only to discard them.
@@ -547,14 +704,16 @@ def hull_coefficients(
 def project_to_hull(F: Array, Y: Array, lower: float = 0.0, upper: float = 1.0, **kw) -> Array:
   """The nearest hull points ``a^T F`` ``(..., m, d)`` to the queries (Eq. 9); ``kw`` go to the solver."""
   coefficients = hull_coefficients(F, Y, lower, upper, **kw)
-  return jnp.einsum("...mn,...nd->...md", coefficients, jnp.asarray(F, coefficients.dtype))
+  return jnp.einsum(
+      "...mn,...nd->...md", coefficients, jnp.asarray(F, coefficients.dtype), precision=_PRECISION
+  )
 
 
 def _safe_norm(x: Array) -> Array:
-  """``||x||_2`` over the last axis with gradient 0 (not NaN) at ``x = 0``."""
+  """``||x||_2`` over the last axis with gradient 0 (not NaN) at ``x = 0``; NaN stays NaN."""
   squared = jnp.sum(x * x, axis=-1)
   positive = squared > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), jnp.where(squared == 0, 0.0, squared))
 
 
 def hull_distance(F: Array, Y: Array, lower: float = 0.0, upper: float = 1.0, **kw) -> Array:
@@ -566,6 +725,9 @@ def hull_distance(F: Array, Y: Array, lower: float = 0.0, upper: float = 1.0, **
 
   Differentiable with respect to ``Y`` and ``F``: the optimal coefficients are held constant (Danskin's
   theorem), and the gradient at zero distance is zero. ``kw`` are passed to :func:`hull_coefficients`.
+
+  A query or feature set with NaN or Inf never reads as "on the hull" (distance 0): called on concrete arrays
+  this raises ValueError naming ``F`` or ``Y``; under ``jit`` the affected distances are NaN.
 
   Example:
     >>> hull_distance(jnp.eye(2), jnp.array([[0.0, 0.0]]))
