@@ -201,6 +201,13 @@ def test_momentum_zero_is_plain_signed_gradient():
   assert float(jnp.max(jnp.abs(with_momentum))) <= EPS
 
 
+def with_value(array, index, value):
+  """A numpy copy of ``array`` with ``value`` at ``index`` (keeps numpy input numpy, makes jax input jax)."""
+  copy = np.array(array)
+  copy[index] = value
+  return copy if isinstance(array, np.ndarray) else jnp.asarray(copy)
+
+
 @pytest.mark.parametrize("change,match", [
     (dict(images=IMAGES[0]), "images"),
     (dict(images=IMAGES.astype(jnp.int32)), "images"),
@@ -218,12 +225,63 @@ def test_momentum_zero_is_plain_signed_gradient():
     (dict(parallel="threads"), "parallel"),
     (dict(solver="cvxpy"), "solver"),
     (dict(embed_fn="ir50"), "embed_fn"),
+    (dict(images=with_value(IMAGES, (1, 2, 5, 5, 0), np.nan)),
+     r"images contain 1 NaN or Inf value\(s\), in identity 1 "),
+    (dict(images=with_value(np.asarray(IMAGES), (0, 0, 0, 0, 0), np.inf)), r"images .* identity 0 \(1 value\)"),
+    (dict(epsilon=300.0), "epsilon=300 exceeds 32.*allow_large_epsilon=True"),
+    (dict(epsilon=np.nan), "epsilon"),
+    (dict(epsilon="8"), "epsilon"),
+    (dict(step_size=np.inf), "step_size"),
+    (dict(steps=2.0), "steps"),
+    (dict(steps=True), "steps"),
+    (dict(momentum=np.nan), "momentum"),
+    (dict(dfanet="yes"), "dfanet"),
+    (dict(method="opom-convex", lower=0.6, upper=0.4), "lower must not exceed upper"),
+    (dict(method="opom-convex", lower=np.nan), "lower"),
+    (dict(init=with_value(jnp.zeros((K, SIZE, SIZE, 3)), (1, 0, 0, 0), np.nan)), "init contains NaN"),
+    (dict(params={"scale": jnp.array([1.0, np.nan])}, embed_fn=lambda params, x: x.mean((1, 2))),
+     r"params contains NaN or Inf at \['scale'\]"),
+    (dict(devices=[], parallel="pmap"), "devices"),
+    (dict(allow_large_epsilon="yes"), "allow_large_epsilon"),
 ])
-def test_bad_arguments_raise_value_error_naming_them(change, match):
+def test_bad_arguments_raise_value_error_naming_them(change, match, monkeypatch):
+  """Every bad argument is refused before the surrogate is traced or anything is compiled."""
+  calls = []
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"compiled or traced before validation: {args!r:.100}")
+
+  monkeypatch.setattr(ascent, "_runner", refuse)
+  monkeypatch.setattr(jax, "jit", refuse)
+  monkeypatch.setattr(jax, "pmap", refuse)
   kw = dict(embed_fn=embed, images=IMAGES, method="fi-uap", key=jax.random.key(0))
   kw.update(change)
+  embed_fn = kw.pop("embed_fn")
+  if callable(embed_fn):
+    embed_fn = functools.partial(lambda fn, *args: calls.append(1) or fn(*args), embed_fn)
   with pytest.raises(ValueError, match=match):
-    ascent.generate_masks(kw.pop("embed_fn"), kw.pop("images"), **kw)
+    ascent.generate_masks(embed_fn, kw.pop("images"), **kw)
+  assert not calls
+
+
+def test_one_nan_pixel_is_refused_not_turned_into_a_nan_mask():
+  images = np.asarray(IMAGES).copy()
+  images[1, 0, 3, 4, 2] = np.nan
+  for given in (images, jnp.asarray(images)):  # numpy (checked on the host) and a device array
+    with pytest.raises(ValueError, match=r"^images contain 1 NaN or Inf value\(s\), in identity 1 \(1 value\)"):
+      ascent.generate_masks(embed, given, method="fi-uap", key=jax.random.key(0), steps=1)
+
+
+def test_large_epsilon_needs_allow_large_epsilon():
+  common = dict(method="fi-uap", key=jax.random.key(0), epsilon=300.0, step_size=50.0, steps=2)
+  with pytest.raises(ValueError, match="allow_large_epsilon"):
+    ascent.generate_masks(embed, IMAGES, **common)
+  masks = ascent.generate_masks(embed, IMAGES, allow_large_epsilon=True, **common)
+  assert float(jnp.max(jnp.abs(masks))) <= 300.0
+  assert float(jnp.max(jnp.abs(masks))) > ascent.MAX_EPSILON  # the budget asked for is the budget used
+  at_bound = ascent.generate_masks(embed, IMAGES, method="fi-uap", key=jax.random.key(0),
+                                   epsilon=ascent.MAX_EPSILON, steps=1)  # the bound itself is allowed
+  assert float(jnp.max(jnp.abs(at_bound))) <= ascent.MAX_EPSILON
 
 
 MOMENTUM_DFANET = dict(momentum=1.0, dfanet=True, params=PARAMS, embed_fn=apply_embed)
@@ -251,3 +309,140 @@ def test_fi_uap_plus_and_class_centre_take_the_same_signed_steps(variant):
   agree = float(jnp.mean(plus == centre))
   assert agree > 0.99, agree  # float rounding may flip the sign of a near-zero gradient component
   assert float(jnp.mean(plus == different)) < agree
+
+
+# Eq. 14 (momentum) against a loop written from the paper, on a differentiable toy surrogate.
+
+EQ14_K, EQ14_N, EQ14_SIZE, EQ14_DIM = 2, 3, 8, 6
+EQ14_EPS, EQ14_ALPHA, EQ14_STEPS = 8.0, 3.0, 8
+
+
+def toy_surrogate(seed=0):
+  """A fixed random map with ``tanh`` nonlinearities and L2 normalisation: ``(b, 8, 8, 3)`` -> unit ``(b, 6)``."""
+  rng = np.random.default_rng(seed)
+  weights = jnp.asarray(rng.normal(size=(EQ14_SIZE * EQ14_SIZE * 3, EQ14_DIM)) * 4 / np.sqrt(EQ14_SIZE ** 2 * 3),
+                        jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(EQ14_DIM,)), jnp.float32)
+
+  def embed_toy(images):
+    z = jnp.tanh(jnp.tanh(images.reshape(images.shape[0], -1) / 127.5 - 1.0) @ weights + bias)
+    return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+
+  return embed_toy
+
+
+EMBED_TOY = toy_surrogate()
+
+
+def toy_images_and_init(seed=1):
+  """Random pixels with saturated rows (255 on top, 0 at the bottom), so that the clip to [0, 255] matters."""
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(0, 255, (EQ14_K, EQ14_N, EQ14_SIZE, EQ14_SIZE, 3))
+  images[:, :, :2], images[:, :, -2:] = 255.0, 0.0
+  init = rng.uniform(-EQ14_EPS, EQ14_EPS, (EQ14_K, EQ14_SIZE, EQ14_SIZE, 3))
+  return images.astype(np.float32), init.astype(np.float32)
+
+
+def class_centre_objective(masked, centre):
+  """Eq. 11 written out: the squared distance of every masked image's feature to the clean class centre."""
+  return jnp.sum(jnp.square(EMBED_TOY(masked) - centre))
+
+
+_CLASS_CENTRE_GRADIENT = jax.jit(jax.grad(class_centre_objective))
+
+
+def eq14_loop(images, init, mu, normaliser="l1"):
+  """The masks of Alg. 1 with the momentum of Eq. 14, one identity and one step at a time, in numpy.
+
+  For identity images ``x_1..x_n``, mask ``delta_t`` and accumulator ``g_t`` (``g_0 = 0``), every step is
+
+      x^_i       = clip(x_i + delta_t, 0, 255)
+      grad       = (1/n) sum_i dJ/dx^_i (x^_1, .., x^_n)       (gradient at the clipped images, Alg. 1)
+      g_{t+1}    = mu * g_t + grad / ||grad||_1                  (Eq. 14)
+      delta_{t+1} = clip(delta_t + alpha * sign(g_{t+1}), -eps, eps)
+
+  ``normaliser``: ``"l1"`` is ``||grad||_1`` (the paper); ``"l1_mean"`` its mean over the H * W * 3 entries
+  (the official code's ``mean(|grad|)``); ``"none"`` accumulates raw gradients (a wrong implementation, for the
+  test of the test). The accumulator is float64; the mask stays float32, the dtype of the library's masks.
+  """
+  masks = []
+  for x, delta in zip(images, init):
+    centre = jnp.mean(EMBED_TOY(jnp.asarray(x)), axis=0)
+    g = np.zeros_like(delta)
+    for _ in range(EQ14_STEPS):
+      masked = np.clip(x + delta, 0.0, 255.0).astype(np.float32)
+      grad = np.asarray(_CLASS_CENTRE_GRADIENT(jnp.asarray(masked), centre), np.float64).mean(axis=0)
+      scale = {"l1": np.abs(grad).sum(), "l1_mean": np.abs(grad).mean(), "none": 1.0}[normaliser]
+      g = mu * g + grad / scale
+      delta = np.clip(delta + np.float32(EQ14_ALPHA) * np.sign(g).astype(np.float32), -EQ14_EPS, EQ14_EPS)
+    masks.append(delta)
+  return np.stack(masks)
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5, 1.0])
+def test_momentum_equals_a_hand_written_loop_of_eq14(mu):
+  """The scanned, vmapped, jitted ascent takes the same signed steps as the loop, bit for bit.
+
+  The class-centre objective of the loop is the library's up to the positive factor ``1 / (n d)``, which the
+  L1 normalisation of Eq. 14 removes; the loop accumulates ``g`` in float64 from float32 gradients.
+  """
+  images, init = toy_images_and_init()
+  masks = ascent.generate_masks(EMBED_TOY, images, method="opom-center", init=init, epsilon=EQ14_EPS,
+                                step_size=EQ14_ALPHA, steps=EQ14_STEPS, momentum=mu)
+  expected = eq14_loop(images, init, mu)
+  assert expected.dtype == np.float32
+  np.testing.assert_array_equal(np.asarray(masks), expected)
+
+
+def test_eq14_loop_tells_momentum_and_normalisation_apart():
+  """The toy case is sensitive: momentum changes the masks, and so does leaving out the normalisation; the
+  official mean-absolute normaliser is the L1 norm times a constant, so it takes exactly the same steps."""
+  images, init = toy_images_and_init()
+  plain = eq14_loop(images, init, 0.0)
+  for mu in (0.5, 1.0):
+    with_momentum = eq14_loop(images, init, mu)
+    assert np.mean(with_momentum != plain) > 0.05, mu
+    assert np.any(eq14_loop(images, init, mu, normaliser="none") != with_momentum), mu
+    np.testing.assert_array_equal(eq14_loop(images, init, mu, normaliser="l1_mean"), with_momentum)
+  at_bound = np.abs(plain) == EQ14_EPS
+  assert 0.1 < at_bound.mean() < 0.95  # the L-inf clip is active but not everywhere
+
+
+def test_run_in_pieces_reports_progress_and_gives_the_same_masks():
+  """Pieces of the scan (by default 4 pieces of 1 step here) carry masks, momentum, step indices and dropout
+  keys over: masks and traces equal the run in one piece bit for bit, across the hull's warm start too.
+  (A shorter last piece is covered in test_parallel.py.)"""
+  common = dict(method="opom-convex", key=jax.random.key(7), epsilon=EPS, step_size=ALPHA, steps=STEPS,
+                warmup_center_steps=1, momentum=0.5, dfanet=True, params=PARAMS, return_trace=True)
+  whole, whole_trace = ascent.generate_masks(apply_embed, IMAGES, **common)
+  seen = []
+  pieces, pieces_trace = ascent.generate_masks(apply_embed, IMAGES, progress=lambda done, total: seen.append(
+      (done, total)), **common)
+  assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+  np.testing.assert_array_equal(np.asarray(pieces), np.asarray(whole))
+  np.testing.assert_array_equal(np.asarray(pieces_trace), np.asarray(whole_trace))
+
+
+def test_default_pieces_divide_the_steps():
+  assert [ascent.default_steps_per_call(s) for s in (1, 4, 16, 17, 100)] == [1, 1, 2, 1, 10]
+  for steps in range(1, 60):
+    length = ascent.default_steps_per_call(steps)
+    assert steps % length == 0 and length <= -(-steps // 8)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(progress="yes"), "progress"),
+    (dict(steps_per_call=0), "steps_per_call"),
+    (dict(steps_per_call=1.5), "steps_per_call"),
+])
+def test_bad_progress_arguments_raise(change, match):
+  with pytest.raises(ValueError, match=match):
+    ascent.generate_masks(embed, IMAGES, method="fi-uap", key=jax.random.key(0), **change)
+
+
+def test_progress_true_shows_a_bar_of_steps(capsys):
+  masks = ascent.generate_masks(embed, IMAGES, method="fi-uap", key=jax.random.key(7), epsilon=EPS,
+                                step_size=ALPHA, steps=STEPS, progress=True, steps_per_call=2)
+  np.testing.assert_array_equal(np.asarray(masks), np.asarray(run("fi-uap")[0]))
+  err = capsys.readouterr().err
+  assert "mask steps" in err and f"{STEPS}/{STEPS}" in err, err

@@ -1,5 +1,7 @@
 """The 1:N kernel against a per-search loop written like the official evaluation script."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,6 +169,8 @@ def test_jax_inputs_under_jit_and_float64_numpy_inputs():
         ((2, 3, 4), (2, 3, 4), (5, 4), (0,), {}, "ks must be integers"),
         ((2, 3, 4), (2, 3, 4), (5, 4), (7,), {}, "ks must be integers"),
         ((2, 3, 4), (2, 3, 4), (5, 4), (1.5,), {}, "ks must be integers"),
+        ((2, 3, 4), (2, 3, 4), (5, 4), (True,), {}, "ks must be integers"),
+        ((2, 3, 4), (2, 3, 4), (5, 4), (1, -1), {}, "ks must be integers"),
         ((2, 3, 4), (2, 3, 4), (5, 4), (), {}, "at least one rank"),
         ((2, 3, 4), (2, 3, 4), (5, 4), (1,), {"chunk_size": 0}, "chunk_size"),
         ((2, 3, 4), (2, 3, 4), (5, 4), (1,), {"ties": "random"}, "ties"),
@@ -179,11 +183,41 @@ def test_bad_arguments_raise(masked_shape, clean_shape, distractor_shape, ks, kw
     )
 
 
-def test_non_finite_features_raise():
-  masked, clean, distractors = random_features(12)
-  masked[0, 0, 0] = np.nan
-  with pytest.raises(ValueError, match="masked contains non-finite"):
-    evaluation.protection_success_rate(masked, clean, distractors, KS)
+@pytest.mark.parametrize("argument, index, value", [
+    ("masked", (0, 0, 0), np.nan),
+    ("clean", (2, 3, 1), np.inf),
+    ("distractors", (7, 4), -np.inf),
+])
+@pytest.mark.parametrize("as_jax", [False, True], ids=["numpy", "jax"])
+def test_non_finite_features_raise_naming_the_argument(argument, index, value, as_jax):
+  features = dict(zip(("masked", "clean", "distractors"), random_features(12)))
+  features[argument][index] = value
+  if as_jax:
+    features = {name: jnp.asarray(x) for name, x in features.items()}
+  position = re.escape(str(index))
+  match = rf"^{argument} contains non-finite values: 1 NaN or Inf of \d+, the first at index {position}"
+  with pytest.raises(ValueError, match=match):
+    evaluation.protection_success_rate(**features, ks=KS)
+  if argument != "distractors":
+    with pytest.raises(ValueError, match=match):
+      evaluation.verification_summary(features["masked"], features["clean"])
+
+
+def test_non_finite_features_are_refused_not_summarised_as_nan():
+  masked, clean, _ = random_features(14)
+  clean[1, 2, :] = np.nan  # e.g. one photo the model could not embed
+  with pytest.raises(ValueError, match="^clean contains non-finite values: 16 NaN or Inf"):
+    evaluation.verification_summary(masked, clean)
+
+
+def test_non_numeric_features_raise_value_error_naming_them():
+  masked, clean, distractors = random_features(15)
+  with pytest.raises(ValueError, match="^distractors must be a numeric array"):
+    evaluation.protection_success_rate(masked, clean, [["a", "b"]], KS)
+  with pytest.raises(ValueError, match="^masked must be a numeric array"):
+    evaluation.verification_summary(np.full(clean.shape, "x"), clean)
+  with pytest.raises(ValueError, match="^masked must have a feature axis of size d >= 1"):
+    evaluation.verification_summary(np.ones((2, 3, 0)), np.ones((2, 3, 0)))
 
 
 def test_verification_summary_matches_numpy():
@@ -212,6 +246,8 @@ def test_verification_summary_rejects_bad_shapes():
     evaluation.verification_summary(np.ones((2, 3, 4)), np.ones((2, 3, 5)))
   with pytest.raises(ValueError, match="M >= 2"):
     evaluation.verification_summary(np.ones((2, 1, 4)), np.ones((2, 1, 4)))
+  with pytest.raises(ValueError, match="masked must have 3 axes"):
+    evaluation.verification_summary(np.ones((2, 4)), np.ones((2, 3, 4)))
 
 
 def test_errors_name_the_probe_argument():

@@ -86,3 +86,25 @@ def test_sharded_equals_single_device_on_eight_cpu_devices():
   assert report["shape"] == [5, 16, 16, 3]
   assert report["pmap"], report
   assert report["shard_map"], report
+
+
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+def test_masks_in_pieces_over_devices_equal_one_device_in_one_piece(mode):
+  """The step counter of a run in pieces is shared by every device; masks equal the single-device run."""
+  sys.path.insert(0, str(TESTS))
+  from test_ascent import tiny_model, tiny_images  # pylint: disable=import-outside-toplevel
+  from opomjax.core import ascent  # pylint: disable=import-outside-toplevel
+
+  apply, params = tiny_model(size=16)
+  images = tiny_images(k=3, n=2, size=16)
+
+  def embed(p, x):
+    return apply(p, x)[0]
+
+  common = dict(method="fi-uap", key=jax.random.key(5), steps=3, momentum=1.0, params=params)
+  whole = ascent.generate_masks(embed, images, **common)
+  seen = []
+  pieces = ascent.generate_masks(embed, images, parallel=mode, steps_per_call=2,
+                                 progress=lambda done, total: seen.append(done), **common)
+  assert seen == [2, 3]
+  np.testing.assert_array_equal(np.asarray(pieces), np.asarray(whole))

@@ -12,7 +12,8 @@ with momentum (Eq. 14) :math:`g \\leftarrow \\mu g + \\bar g / \\lVert \\bar g \
 ``g``; with DFANet (Eq. 15) the network applies dropout from a fresh PRNG key at every step.
 :func:`identity_mask` runs the steps for one identity as one ``lax.scan``; :func:`identities_masks` vmaps it
 over identities (the per-device function the wrappers of :mod:`opomjax.core.parallel` map);
-:func:`generate_masks` validates the input, draws the initial masks and runs it all under one ``jit``.
+:func:`generate_masks` validates the input, draws the initial masks and runs it all under one ``jit``. For
+progress reports it runs the same steps in pieces instead (:func:`identity_segment`, :func:`run_in_pieces`).
 
 Differences from the official PyTorch code (``attack/privacy.py``), chosen deliberately:
 
@@ -49,6 +50,10 @@ METHODS = ("fi-uap", "fi-uap+", "fi-uap-all", "opom-affine", "opom-center", "opo
 
 #: Official ``--nter`` of the OPOM-ConvexHull scripts: class-centre steps before the convex hull.
 OFFICIAL_WARMUP_CENTER_STEPS = 5
+
+#: Largest ``epsilon`` (pixel units of [0, 255]) accepted without ``allow_large_epsilon=True``: four times the
+#: paper's 8; beyond it a mask visibly destroys the face.
+MAX_EPSILON = 32.0
 
 EmbedFn = Callable[..., jax.Array]
 
@@ -186,6 +191,33 @@ def identity_mask(cfg: AscentConfig, net: Network, images: jax.Array, delta0: ja
   return state.delta, trace
 
 
+def identity_segment(cfg: AscentConfig, length: int, net: Network, images: jax.Array, state: AscentState,
+                     key: jax.Array, first_step: jax.Array) -> tuple[AscentState, jax.Array]:
+  """Steps ``first_step .. first_step + length - 1`` for one identity: a piece of :func:`identity_mask`.
+
+  The steps see the same step indices (hence the same dropout keys and warm-up switch) as in the single scan,
+  and the clean features are recomputed exactly as there, so running the pieces one after the other gives
+  the masks of :func:`identity_mask`.
+
+  Args:
+    cfg: hyper-parameters.
+    length: how many steps (static).
+    net: the surrogate.
+    images: ``(n, H, W, 3)`` in [0, 255].
+    state: the mask and momentum after ``first_step`` steps.
+    key: the identity's PRNG key.
+    first_step: index of the first step (int32 scalar).
+
+  Returns:
+    The state after the piece and the objective before each of its steps ``(length,)``.
+  """
+  clean = None
+  if cfg.method != "gd-uap" and not cfg.dfanet:
+    clean = jax.lax.stop_gradient(net.embed(images, None))
+  step = functools.partial(ascent_step, cfg, net, images, clean, key)
+  return jax.lax.scan(step, state, first_step + jnp.arange(length, dtype=jnp.int32))
+
+
 def make_network(embed_fn: EmbedFn, activations_fn: EmbedFn | None, params: Any, dfanet: bool) -> Network:
   """Adapt user callables to :class:`Network` (``params`` first when given; a key only under DFANet)."""
 
@@ -221,48 +253,171 @@ def identities_masks(cfg: AscentConfig, embed_fn: EmbedFn, activations_fn: Embed
   return jax.vmap(functools.partial(identity_mask, cfg, net))(images, delta0, keys)
 
 
+def identities_segment(cfg: AscentConfig, length: int, embed_fn: EmbedFn, activations_fn: EmbedFn | None,
+                       shared: tuple[Any, jax.Array],
+                       batch: tuple[jax.Array, jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
+  """The per-device function of a run in pieces: :func:`identity_segment` vmapped over identities.
+
+  Args:
+    cfg: hyper-parameters.
+    length: steps per piece (static).
+    embed_fn: see :func:`generate_masks`.
+    activations_fn: see :func:`generate_masks`.
+    shared: ``(params, first_step)``, the same for every identity.
+    batch: ``images (k, n, H, W, 3)``, ``delta (k, H, W, 3)``, ``velocity (k, H, W, 3)``, ``keys (k, ...)``.
+
+  Returns:
+    ``delta``, ``velocity`` after the piece and the objective traces ``(k, length)``.
+  """
+  params, first_step = shared
+  net = make_network(embed_fn, activations_fn, params, cfg.dfanet)
+  images, delta, velocity, keys = batch
+
+  def one(images, delta, velocity, key):
+    state, trace = identity_segment(cfg, length, net, images, AscentState(delta, velocity), key, first_step)
+    return state.delta, state.velocity, trace
+
+  return jax.vmap(one)(images, delta, velocity, keys)
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_runner(cfg: AscentConfig, embed_fn: EmbedFn, activations_fn: EmbedFn | None, parallel: str | None,
-                   devices: tuple[jax.Device, ...] | None):
-  return _build_runner(cfg, embed_fn, activations_fn, parallel, devices)
+                   devices: tuple[jax.Device, ...] | None, segment: int | None = None):
+  return _build_runner(cfg, embed_fn, activations_fn, parallel, devices, segment)
 
 
-def _build_runner(cfg, embed_fn, activations_fn, parallel, devices):
-  fn = functools.partial(identities_masks, cfg, embed_fn, activations_fn)
+def _build_runner(cfg, embed_fn, activations_fn, parallel, devices, segment=None):
+  if segment is None:
+    fn = functools.partial(identities_masks, cfg, embed_fn, activations_fn)
+  else:
+    fn = functools.partial(identities_segment, cfg, segment, embed_fn, activations_fn)
   return parallel_lib.distribute(fn, parallel, devices)
 
 
-def _runner(cfg, embed_fn, activations_fn, parallel, devices):
-  """The jitted (and possibly sharded) per-device function; reused across calls with the same callables."""
+def _runner(cfg, embed_fn, activations_fn, parallel, devices, segment=None):
+  """The jitted (and possibly sharded) per-device function; reused across calls with the same callables.
+
+  ``segment=None``: all steps at once (:func:`identities_masks`); otherwise pieces of ``segment`` steps
+  (:func:`identities_segment`).
+  """
   devices = None if devices is None else tuple(devices)
   try:
     hash((embed_fn, activations_fn))
   except TypeError:  # unhashable callables: compile afresh
-    return _build_runner(cfg, embed_fn, activations_fn, parallel, devices)
-  return _cached_runner(cfg, embed_fn, activations_fn, parallel, devices)
+    return _build_runner(cfg, embed_fn, activations_fn, parallel, devices, segment)
+  return _cached_runner(cfg, embed_fn, activations_fn, parallel, devices, segment)
+
+
+def default_steps_per_call(steps: int, pieces: int = 8) -> int:
+  """The largest divisor of ``steps`` not above ``ceil(steps / pieces)``: equal pieces, one compiled program."""
+  most = -(-steps // pieces)
+  return max(d for d in range(1, most + 1) if steps % d == 0)
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def _progress_callback(progress: ProgressFn | bool, steps: int) -> tuple[ProgressFn, Callable[[], None]]:
+  """``(report(done, total), close())`` for ``progress``: the user's callable, or a tqdm bar for True."""
+  if progress is True:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+    bar = tqdm(total=steps, desc="mask steps", unit="step")
+
+    def report(done, total):
+      del total
+      bar.update(done - bar.n)
+
+    return report, bar.close
+  return progress, lambda: None
+
+
+def run_in_pieces(runner_for: Callable[[int], Callable[..., Any]], params: Any, images: jax.Array,
+                  init: jax.Array, keys: jax.Array, steps: int, length: int,
+                  report: ProgressFn | None) -> tuple[jax.Array, jax.Array]:
+  """All ``steps`` in pieces of ``length`` steps, waiting for each piece and reporting ``(done, steps)``.
+
+  Between pieces Python has control again, so a KeyboardInterrupt ends the run at the latest after the
+  current piece.
+
+  Args:
+    runner_for: ``length -> `` the distributed :func:`identities_segment` for pieces of that length.
+    params: model parameters (or None).
+    images: ``(k, n, H, W, 3)``.
+    init: ``(k, H, W, 3)`` initial masks.
+    keys: ``(k,)`` identity keys.
+    steps: total number of steps.
+    length: steps per piece; the last piece is shorter when ``length`` does not divide ``steps``.
+    report: called as ``report(done, steps)`` after each piece, or None.
+
+  Returns:
+    Masks ``(k, H, W, 3)`` and objective traces ``(k, steps)``.
+  """
+  delta, velocity = init, jnp.zeros_like(init)
+  traces, done = [], 0
+  while done < steps:
+    piece = min(length, steps - done)
+    delta, velocity, trace = runner_for(piece)((params, jnp.int32(done)), (images, delta, velocity, keys))
+    jax.block_until_ready(delta)
+    traces.append(trace)
+    done += piece
+    if report is not None:
+      report(done, steps)
+  return delta, jnp.concatenate(traces, axis=1)
 
 
 def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def validate_config(cfg: AscentConfig, n_images: int) -> None:
-  """ValueError naming the bad argument when ``cfg`` cannot run on identities of ``n_images`` images."""
+def _is_integer(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_number(value, name: str) -> float:
+  """``float(value)`` for a real scalar (Python, numpy or jax), or a ValueError naming ``name``."""
+  try:
+    array = np.asarray(value)
+  except Exception:  # pylint: disable=broad-except  (a tracer, an object without an array form)
+    array = None
+  if (array is None or array.ndim != 0 or isinstance(value, (bool, np.bool_))
+      or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating))):
+    raise ValueError(f"{name} must be a real number, got {value!r}")
+  return float(array)
+
+
+def validate_config(cfg: AscentConfig, n_images: int, *, allow_large_epsilon: bool = False) -> None:
+  """ValueError naming the bad argument when ``cfg`` cannot run on identities of ``n_images`` images.
+
+  Pure Python on the static hyper-parameters: nothing is traced, compiled or run.
+
+  Args:
+    cfg: hyper-parameters.
+    n_images: images per identity (all images, for ``"fi-uap-all"``).
+    allow_large_epsilon: accept ``epsilon`` above :data:`MAX_EPSILON`.
+  """
   if cfg.method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
   if not np.isfinite(cfg.epsilon) or cfg.epsilon <= 0:
     raise ValueError(f"epsilon must be a positive finite number (pixel units of [0, 255]), got {cfg.epsilon}")
+  if cfg.epsilon > MAX_EPSILON and not allow_large_epsilon:
+    raise ValueError(f"epsilon={cfg.epsilon:g} exceeds {MAX_EPSILON:g} (pixel units of [0, 255]; the paper uses "
+                     "8), a mask that visibly destroys the face; pass allow_large_epsilon=True if that is meant")
   if not np.isfinite(cfg.step_size) or cfg.step_size <= 0:
     raise ValueError(f"step_size must be a positive finite number, got {cfg.step_size}")
-  if not isinstance(cfg.steps, (int, np.integer)) or cfg.steps < 1:
+  if not _is_integer(cfg.steps) or cfg.steps < 1:
     raise ValueError(f"steps must be a positive integer, got {cfg.steps!r}")
   if cfg.momentum is not None and (not np.isfinite(cfg.momentum) or cfg.momentum < 0):
-    raise ValueError(f"momentum must be None or a non-negative number, got {cfg.momentum}")
-  if not isinstance(cfg.warmup_center_steps, (int, np.integer)) or cfg.warmup_center_steps < 0:
+    raise ValueError(f"momentum must be None or a non-negative finite number, got {cfg.momentum}")
+  if not _is_integer(cfg.warmup_center_steps) or cfg.warmup_center_steps < 0:
     raise ValueError(f"warmup_center_steps must be a non-negative integer, got {cfg.warmup_center_steps!r}")
   if cfg.solver not in hulls.SOLVERS:
     raise ValueError(f"solver must be one of {hulls.SOLVERS}, got {cfg.solver!r}")
+  if not isinstance(cfg.dfanet, (bool, np.bool_)):
+    raise ValueError(f"dfanet must be True or False, got {cfg.dfanet!r}")
   if cfg.method == "opom-convex":
+    if np.isnan(cfg.lower) or np.isnan(cfg.upper):
+      raise ValueError(f"lower and upper must be numbers, got lower={cfg.lower}, upper={cfg.upper}")
     if not cfg.lower <= cfg.upper:
       raise ValueError(f"lower must not exceed upper, got lower={cfg.lower}, upper={cfg.upper}")
     if not cfg.lower <= 1.0 / n_images <= cfg.upper:
@@ -270,17 +425,103 @@ def validate_config(cfg: AscentConfig, n_images: int) -> None:
                        f"identity, got lower={cfg.lower}, upper={cfg.upper}")
 
 
+def _describe_bad_identities(bad_per_identity: np.ndarray) -> str:
+  """``"identity 3 (5 values), identity 7 (1 value)"``: where the non-finite values are, first few only."""
+  where = np.flatnonzero(bad_per_identity)
+  counts = [int(bad_per_identity[i]) for i in where[:5]]
+  shown = ", ".join(f"identity {i} ({c} value{'' if c == 1 else 's'})" for i, c in zip(where, counts))
+  return shown + (f" and {len(where) - 5} more identities" if len(where) > 5 else "")
+
+
+def _non_finite_per_identity(x) -> np.ndarray | None:
+  """Count of NaN/Inf entries per leading index of ``x`` (numpy on host, one reduction on device); None if none."""
+  if isinstance(x, np.ndarray):
+    finite = np.isfinite(x)
+    if finite.all():
+      return None
+    return np.count_nonzero(~finite.reshape(x.shape[0], -1), axis=1)
+  if bool(jnp.isfinite(x).all()):
+    return None
+  return np.asarray(jnp.sum(~jnp.isfinite(x).reshape(x.shape[0], -1), axis=1))
+
+
+def validate_image_shape(images) -> tuple[int, ...]:
+  """ValueError naming ``images`` unless it is a non-empty ``(k, n, H, W, 3)`` floating-point array.
+
+  Returns:
+    The shape ``(k, n, H, W, 3)``.
+  """
+  shape = tuple(images.shape)
+  if len(shape) != 5 or shape[-1] != 3:
+    raise ValueError(f"images must be (k, n, H, W, 3), got shape {shape}")
+  if not np.issubdtype(images.dtype, np.floating):
+    raise ValueError(f"images must be floating point in [0, 255], got dtype {images.dtype}")
+  if shape[0] == 0 or shape[1] == 0:
+    raise ValueError(f"images must hold at least one identity and one image, got shape {shape}")
+  return shape
+
+
+def validate_image_values(images) -> None:
+  """ValueError naming ``images`` (and the identities at fault) unless every pixel is finite and in [0, 255].
+
+  Runs on the host for numpy input; for a jax array, one finiteness reduction and a min and a max on its
+  device. Tracers (``generate_masks`` called under ``jit``) are not checked.
+  """
+  if not _is_concrete(images):
+    return
+  bad = _non_finite_per_identity(images)
+  if bad is not None:
+    raise ValueError(f"images contain {int(bad.sum())} NaN or Inf value(s), in {_describe_bad_identities(bad)} "
+                     f"(of k={images.shape[0]}); every pixel must be a finite value in [0, 255]")
+  xp = np if isinstance(images, np.ndarray) else jnp
+  low, high = float(xp.min(images)), float(xp.max(images))
+  if low < 0.0 or high > 255.0:
+    raise ValueError(f"images must lie in [0, 255] (float32 RGB pixel values), got values in [{low:g}, {high:g}]")
+
+
+def validate_finite_tree(tree: Any, name: str) -> None:
+  """ValueError naming ``name`` (and the leaf) if a floating-point leaf of ``tree`` holds NaN or Inf.
+
+  One reduction per leaf; leaves that are tracers or not floating point are skipped.
+  """
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  pending = []
+  for path, leaf in leaves:
+    if not _is_concrete(leaf) or not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      continue
+    finite = np.isfinite(leaf).all() if isinstance(leaf, np.ndarray) else jnp.isfinite(leaf).all()
+    pending.append((path, finite))
+  for path, finite in pending:
+    if not bool(finite):
+      where = jax.tree_util.keystr(path) or "(the array itself)"
+      raise ValueError(f"{name} contains NaN or Inf at {where}; the masks would be NaN")
+
+
 def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: jax.Array | None = None,
                    epsilon: float = 8.0, step_size: float = 1.0, steps: int = 16, init: jax.Array | None = None,
                    momentum: float | None = None, warmup_center_steps: int = OFFICIAL_WARMUP_CENTER_STEPS,
                    lower: float = 0.0, upper: float = 1.0, activations_fn: EmbedFn | None = None,
                    solver: str = "osqp", parallel: str | None = None, dfanet: bool = False, params: Any = None,
-                   devices: Sequence[jax.Device] | None = None, return_trace: bool = False):
+                   devices: Sequence[jax.Device] | None = None, return_trace: bool = False,
+                   allow_large_epsilon: bool = False, progress: ProgressFn | bool | None = None,
+                   steps_per_call: int | None = None):
   """One universal privacy mask per identity (OPOM and the methods it is compared with).
 
   The whole ascent is one jitted ``lax.scan`` per identity, vmapped over identities and optionally spread
   over every local device. With ``momentum=None`` and ``dfanet=False`` the result is deterministic: the same
   ``key`` (or ``init``) gives the same masks bit for bit, on one device or sharded.
+
+  Every argument is checked before anything is compiled: the hyper-parameters first, then ``images``
+  (shape, finite, in [0, 255]; on the host for numpy input, one reduction on the device for a jax array),
+  ``init`` and ``params`` (finite).
+
+  With ``progress`` (or ``steps_per_call``) the scan runs in pieces of ``steps_per_call`` steps, one compiled
+  program called repeatedly with the masks and momentum carried over; each piece is waited for and reported,
+  and Ctrl-C stops the run between pieces. The steps and their dropout keys are those of the run in one piece;
+  the masks are too, bit for bit, in the tested settings (tests/test_ascent.py), but XLA may compile a short
+  piece differently from the whole loop, so float rounding can differ: dlib ResNet, FI-UAP, 2 steps in pieces
+  of 1 flipped the sign of 57 of 49,152 values against one piece. The experiment runner therefore keeps one
+  piece (progress per group), so resumed and multi-process runs stay bit-identical.
 
   Args:
     embed_fn: the surrogate, ``embed_fn(images) -> (b, d)`` for canonical images ``(b, H, W, 3)`` in
@@ -293,7 +534,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
       ``"opom-convex"`` or ``"gd-uap"``.
     key: PRNG key for the random start and the DFANet dropout; needed unless ``init`` is given and DFANet is
       off.
-    epsilon: L-inf budget, in the units of the images (paper: 8).
+    epsilon: L-inf budget, in the units of the images (paper: 8); at most :data:`MAX_EPSILON` unless
+      ``allow_large_epsilon``.
     step_size: change of each pixel per step (paper: 1).
     steps: number of steps (paper: 16; official DFANet runs: 100).
     init: ``(k, H, W, 3)`` initial masks, used as is; None draws ``U(-epsilon, epsilon)`` from ``key``.
@@ -310,13 +552,19 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     params: model parameters passed first to ``embed_fn`` / ``activations_fn``, or None.
     devices: the devices for ``parallel`` (default: every local device).
     return_trace: also return the objective before each step, ``(k, steps)``.
+    allow_large_epsilon: accept ``epsilon > MAX_EPSILON`` (32 in [0, 255] units).
+    progress: None (silent, all steps in one call), True (a tqdm bar of steps on stderr), or a callable
+      ``progress(done_steps, steps)`` called after every piece.
+    steps_per_call: steps per piece when running in pieces; default (with ``progress``) the largest divisor
+      of ``steps`` not above ``steps / 8`` rounded up, so that every piece is the same compiled program.
 
   Returns:
     Masks ``(k, H, W, 3)`` float32 with ``|mask| <= epsilon`` (``"fi-uap-all"``: the same mask for every
     identity); with ``return_trace``, ``(masks, trace)``.
 
   Raises:
-    ValueError: for a bad argument (the message names it).
+    ValueError: for a bad argument (the message names it), among them NaN or Inf in ``images``, ``init`` or
+      ``params``, and ``epsilon > MAX_EPSILON`` without ``allow_large_epsilon``.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -328,34 +576,43 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
   """
   if not callable(embed_fn):
     raise ValueError(f"embed_fn must be callable, got {type(embed_fn).__name__}")
-  images = jnp.asarray(images)
-  if images.ndim != 5 or images.shape[-1] != 3:
-    raise ValueError(f"images must be (k, n, H, W, 3), got shape {images.shape}")
-  if not jnp.issubdtype(images.dtype, jnp.floating):
-    raise ValueError(f"images must be floating point in [0, 255], got dtype {images.dtype}")
-  images = images.astype(jnp.float32)
-  k, n, height, width, _ = images.shape
-  if k == 0 or n == 0:
-    raise ValueError(f"images must hold at least one identity and one image, got shape {images.shape}")
-  if _is_concrete(images) and (float(jnp.min(images)) < 0.0 or float(jnp.max(images)) > 255.0):
-    raise ValueError("images must lie in [0, 255] (float32 RGB pixel values)")
-  cfg = AscentConfig(method=method, epsilon=float(epsilon), step_size=float(step_size), steps=steps,
-                     momentum=None if momentum is None else float(momentum),
-                     warmup_center_steps=warmup_center_steps, lower=float(lower), upper=float(upper),
-                     solver=solver, dfanet=bool(dfanet))
-  validate_config(cfg, n if method != "fi-uap-all" else k * n)
-  if method == "gd-uap" and activations_fn is None:
-    raise ValueError('method="gd-uap" needs activations_fn (images -> list of layer activations)')
   if activations_fn is not None and not callable(activations_fn):
     raise ValueError(f"activations_fn must be callable, got {type(activations_fn).__name__}")
+  if method == "gd-uap" and activations_fn is None:
+    raise ValueError('method="gd-uap" needs activations_fn (images -> list of layer activations)')
   if parallel not in parallel_lib.PARALLEL_MODES:
     raise ValueError(f"parallel must be one of {parallel_lib.PARALLEL_MODES}, got {parallel!r}")
+  if devices is not None and not list(devices):
+    raise ValueError("devices is empty: pass None for every local device")
+  if key is None and (init is None or dfanet):
+    raise ValueError("key is required unless init is given and dfanet is False")
+  if not isinstance(allow_large_epsilon, (bool, np.bool_)):
+    raise ValueError(f"allow_large_epsilon must be True or False, got {allow_large_epsilon!r}")
+  if progress is not None and not isinstance(progress, (bool, np.bool_)) and not callable(progress):
+    raise ValueError(f"progress must be None, True, False or a callable (done, total), got {progress!r}")
+  if steps_per_call is not None and (not _is_integer(steps_per_call) or steps_per_call < 1):
+    raise ValueError(f"steps_per_call must be None or a positive integer, got {steps_per_call!r}")
+  cfg = AscentConfig(method=method, epsilon=_as_number(epsilon, "epsilon"),
+                     step_size=_as_number(step_size, "step_size"), steps=steps,
+                     momentum=None if momentum is None else _as_number(momentum, "momentum"),
+                     warmup_center_steps=warmup_center_steps, lower=_as_number(lower, "lower"),
+                     upper=_as_number(upper, "upper"), solver=solver, dfanet=dfanet)
+  if not isinstance(images, jax.Array):
+    try:
+      images = np.asarray(images)
+    except (TypeError, ValueError) as err:
+      raise ValueError(f"images must be a (k, n, H, W, 3) array, got {type(images).__name__}: {err}") from None
+  k, n, height, width, _ = validate_image_shape(images)
+  validate_config(cfg, n if method != "fi-uap-all" else k * n, allow_large_epsilon=allow_large_epsilon)
+  cfg = dataclasses.replace(cfg, dfanet=bool(dfanet))
+  validate_image_values(images)
   if init is not None:
     init = jnp.asarray(init, jnp.float32)
     if init.shape != (k, height, width, 3):
       raise ValueError(f"init must have shape (k, H, W, 3) = {(k, height, width, 3)}, got {init.shape}")
-  if key is None and (init is None or dfanet):
-    raise ValueError("key is required unless init is given and dfanet is False")
+    validate_finite_tree(init, "init")
+  validate_finite_tree(params, "params")
+  images = jnp.asarray(images).astype(jnp.float32)
   if key is None:
     key = jax.random.key(0)  # never consumed: no random start, no dropout
 
@@ -368,8 +625,18 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     init = jax.random.uniform(init_key, (groups, height, width, 3), jnp.float32, -cfg.epsilon, cfg.epsilon)
   identity_keys = jax.random.split(step_key, groups)
 
-  run = _runner(cfg, embed_fn, activations_fn, parallel, devices)
-  masks, trace = run(params, (images, init, identity_keys))
+  if not progress and steps_per_call is None:
+    run = _runner(cfg, embed_fn, activations_fn, parallel, devices)
+    masks, trace = run(params, (images, init, identity_keys))
+  else:
+    length = default_steps_per_call(cfg.steps) if steps_per_call is None else int(steps_per_call)
+    report, close = _progress_callback(progress, cfg.steps) if progress else (None, lambda: None)
+    try:
+      masks, trace = run_in_pieces(
+          lambda piece: _runner(cfg, embed_fn, activations_fn, parallel, devices, piece), params, images, init,
+          identity_keys, cfg.steps, length, report)
+    finally:
+      close()
   if method == "fi-uap-all":
     masks = jnp.broadcast_to(masks, (k, height, width, 3))
     trace = jnp.broadcast_to(trace, (k, cfg.steps))

@@ -153,10 +153,29 @@ def identification_hits(
 
 
 def _as_features(x, name: str, ndim: int) -> jax.Array:
-  x = jnp.asarray(x, jnp.float32)
+  """``x`` as float32 with ``ndim`` axes, or a ValueError naming ``name``."""
+  try:
+    x = jnp.asarray(x, jnp.float32)
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"{name} must be a numeric array of features, got {type(x).__name__}: {err}") from None
   if x.ndim != ndim:
     raise ValueError(f"{name} must have {ndim} axes, got shape {x.shape}")
+  if x.shape[-1] < 1:
+    raise ValueError(f"{name} must have a feature axis of size d >= 1, got shape {x.shape}")
   return x
+
+
+def check_finite(x: jax.Array, name: str) -> None:
+  """ValueError naming ``name``, the count and the first position of its NaN/Inf entries, if any.
+
+  One reduction on ``x``'s device; the positions are only looked for when something is wrong.
+  """
+  if bool(jnp.all(jnp.isfinite(x))):
+    return
+  bad = ~np.isfinite(np.asarray(x))
+  first = tuple(int(i) for i in np.argwhere(bad)[0])
+  raise ValueError(f"{name} contains non-finite values: {int(bad.sum())} NaN or Inf of {bad.size}, the first "
+                   f"at index {first}; features of NaN images or of a diverged model cannot be evaluated")
 
 
 def _check_inputs(probes, clean, distractors, ks, chunk_size, ties, probe_name):
@@ -189,8 +208,7 @@ def _check_inputs(probes, clean, distractors, ks, chunk_size, ties, probe_name):
   if ties not in TIES:
     raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
   for name, x in ((probe_name, probes), ("clean", clean), ("distractors", distractors)):
-    if not bool(jnp.all(jnp.isfinite(x))):
-      raise ValueError(f"{name} contains non-finite values")
+    check_finite(x, name)
   return probes, clean, distractors, ks, int(chunk_size), ties
 
 
@@ -296,7 +314,8 @@ def verification_summary(masked, clean) -> dict[str, float]:
     ``{population + "_mean": float, population + "_std": float}`` for the four populations.
 
   Raises:
-    ValueError: if the shapes differ, are not ``(K, M, d)``, or ``M < 2``.
+    ValueError: if the shapes differ, are not ``(K, M, d)``, ``M < 2``, or a feature is NaN or Inf (the
+      message names ``masked`` or ``clean``).
 
   Example:
 
@@ -305,12 +324,15 @@ def verification_summary(masked, clean) -> dict[str, float]:
     >>> round(verification_summary(x, x)["same_image_mean"], 6)
     1.0
   """
-  masked = unit_features(_as_features(masked, "masked", 3))
-  clean = unit_features(_as_features(clean, "clean", 3))
+  masked = _as_features(masked, "masked", 3)
+  clean = _as_features(clean, "clean", 3)
   if masked.shape != clean.shape:
     raise ValueError(f"masked {masked.shape} and clean {clean.shape} must have the same shape (K, M, d)")
   if masked.shape[0] < 1 or masked.shape[1] < 2:
     raise ValueError(f"masked needs K >= 1 identities and M >= 2 images each, got shape {masked.shape}")
+  check_finite(masked, "masked")
+  check_finite(clean, "clean")
+  masked, clean = unit_features(masked), unit_features(clean)
   other_image = ~np.eye(masked.shape[1], dtype=bool)
   template = unit_features(jnp.mean(clean, axis=1))
   populations = {
