@@ -1,7 +1,9 @@
 """ONNX models both ways: the JAX interpreter against onnxruntime, and the black-box targets.
 
 Small graphs built here with ``onnx.helper`` check each operator against onnxruntime (the reference
-runtime); the real SFace file checks the whole path on real LFW faces.
+runtime); the real SFace file checks the whole path on real LFW faces. The reader shared by the interpreter,
+the targets and the YuNet detector is checked against onnxruntime's dequantisation, and the registered SFace
+and YuNet files are refused when their bytes are not the registered ones.
 """
 
 import os
@@ -18,7 +20,12 @@ from onnx import numpy_helper
 from PIL import Image
 
 from opomjax import frame as frame_lib
-from opomjax.models import onnx_jax
+from opomjax.faces import detect
+from opomjax.models import checkpoints
+from opomjax.models.onnx import graph as graph_lib
+from opomjax.models.onnx import operators
+from opomjax.models.onnx import reading
+from opomjax.models.onnx import surrogate
 from opomjax.models import onnx_target
 from opomjax.models import registry
 
@@ -45,8 +52,8 @@ def _ort(model, feeds):
 
 
 def _jax(model, x):
-  graph, params = onnx_jax.convert(model)
-  out, _ = jax.jit(lambda p, v: onnx_jax.run_graph(graph, p, v))(params, x)
+  graph, params = graph_lib.convert(model)
+  out, _ = jax.jit(lambda p, v: graph_lib.run_graph(graph, p, v))(params, x)
   return np.asarray(out)
 
 
@@ -221,12 +228,12 @@ def test_depthwise_conv_equals_grouped_conv(strides, pads, dilations):
   w = jnp.asarray(RNG.randn(5, 1, 3, 2).astype(np.float32))
   ref = jax.lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilations, feature_group_count=5,
                                      dimension_numbers=("NCHW", "OIHW", "NCHW"))
-  _assert_close(np.asarray(onnx_jax.depthwise_conv(x, w, strides, pads, dilations)), np.asarray(ref))
+  _assert_close(np.asarray(operators.depthwise_conv(x, w, strides, pads, dilations)), np.asarray(ref))
 
 
 def test_blocked_dequantisation_is_folded_into_exact_params():
   model = _conv_net()
-  graph, params = onnx_jax.convert(model)
+  graph, params = graph_lib.convert(model)
   assert "DequantizeLinear" not in {n.op_type for n in graph.nodes}
   inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
   # reference: onnxruntime dequantising alone
@@ -248,8 +255,8 @@ def test_activation_quantisation_is_emulated_with_straight_through_gradient():
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], inits)
   x = RNG.randn(50, 6).astype(np.float32)
   np.testing.assert_array_equal(_jax(model, x), _ort(model, {"x": x}))
-  graph, params = onnx_jax.convert(model)
-  grad = jax.grad(lambda v: onnx_jax.run_graph(graph, params, v)[0].sum())(jnp.asarray(x[:1] * 0.1))
+  graph, params = graph_lib.convert(model)
+  grad = jax.grad(lambda v: graph_lib.run_graph(graph, params, v)[0].sum())(jnp.asarray(x[:1] * 0.1))
   # inside the quantiser's range the straight-through gradient is the float network's: w summed over outputs
   np.testing.assert_allclose(np.asarray(grad)[0], numpy_helper.to_array(inits[2]).sum(1), rtol=1e-5)
 
@@ -258,8 +265,8 @@ def test_unsupported_op_names_op_and_node():
   node = helper.make_node("Hardmax", ["x"], ["y"], name="the_hardmax")
   model = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [], opset=13)
-  with pytest.raises(onnx_jax.UnsupportedOpError, match="'Hardmax'.*'the_hardmax'"):
-    onnx_jax.convert(model)
+  with pytest.raises(operators.UnsupportedOpError, match="'Hardmax'.*'the_hardmax'"):
+    graph_lib.convert(model)
 
 
 def _fixed_batch_net(layout="NCHW"):
@@ -301,12 +308,12 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
   onnx.save(_fixed_batch_net(), str(path))
   frame = frame_lib.make_frame("tiny", (8, 8), frame_lib.ARCFACE_112_LANDMARKS / 14)
   with pytest.raises(ValueError, match="channel_order"):
-    onnx_jax.load_onnx_model(path, input_frame=frame, channel_order="GBR")
+    surrogate.load_onnx_model(path, input_frame=frame, channel_order="GBR")
   with pytest.raises(ValueError, match="activation_nodes"):
-    onnx_jax.load_onnx_model(path, input_frame=frame, activation_nodes=["no_such_node"])
+    surrogate.load_onnx_model(path, input_frame=frame, activation_nodes=["no_such_node"])
   with pytest.raises(ValueError, match="no graph output named 'emb'"):
     onnx_target.load_onnx_target(path, input_frame=frame, output_name="emb")
-  model = onnx_jax.load_onnx_model(path, input_frame=frame)
+  model = surrogate.load_onnx_model(path, input_frame=frame)
   with pytest.raises(ValueError, match=r"images must have shape \(b, h, w, 3\)"):
     model.net_fn(model.params, np.zeros((8, 8, 3), np.float32))
 
@@ -316,9 +323,9 @@ def test_dfanet_dropout_masks_conv_outputs():
   model = _model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])],
                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 9, 9])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 7, 7])], inits)
-  graph, params = onnx_jax.convert(model)
+  graph, params = graph_lib.convert(model)
   x = jnp.asarray(RNG.randn(2, 3, 9, 9).astype(np.float32))
-  run = jax.jit(lambda k, rate: onnx_jax.run_graph(graph, params, x, key=k, dropout_rate=rate)[0],
+  run = jax.jit(lambda k, rate: graph_lib.run_graph(graph, params, x, key=k, dropout_rate=rate)[0],
                 static_argnums=1)
   key = jax.random.PRNGKey(3)
   clean, dropped, again = run(key, 0.0), run(key, 0.25), run(key, 0.25)
@@ -345,7 +352,7 @@ def _lfw_chips(lfw_root, count):
 
 @pytest.fixture(scope="module")
 def sface(sface_onnx):
-  return onnx_jax.build_sface(sface_onnx)
+  return surrogate.build_sface(sface_onnx)
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +374,7 @@ def sface_reference(sface_onnx, chips):
 
 @pytest.mark.real_data
 def test_sface_graph_normalises_rgb_itself(sface_onnx):
-  graph, params = onnx_jax.convert(onnx_jax.read_onnx(sface_onnx))
+  graph, params = graph_lib.convert(reading.read_onnx(sface_onnx))
   assert [n.op_type for n in graph.nodes[:3]] == ["Sub", "Mul", "Conv"]
   assert params[graph.nodes[0].inputs[1]].item() == 127.5
   assert params[graph.nodes[1].inputs[1]].item() == 1 / 128
@@ -416,3 +423,126 @@ def test_sface_missing_file_error_names_env_var(tmp_path, monkeypatch):
     registry.load_model("sface")
   with pytest.raises(FileNotFoundError, match="OPOMJAX_SHARED"):
     registry.load_target("sface_onnx")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One reader for the interpreter, the onnxruntime targets and the face detector.
+
+
+def _dequantize_alone_in_onnxruntime(model, node_output):
+  """onnxruntime running just the DequantizeLinear node that writes ``node_output`` (the reference)."""
+  node = next(n for n in model.graph.node if n.output[0] == node_output)
+  inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+  names = [n for n in node.input if n]
+  inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(inits[n].dtype), inits[n].shape)
+            for n in names]
+  out = helper.make_tensor_value_info(node_output, TensorProto.FLOAT, inits[node.input[0]].shape)
+  return _ort(_model([node], inputs, [out], []), {n: inits[n] for n in names})
+
+
+def test_reader_folds_weight_dequantisation_as_onnxruntime_and_the_interpreter_do():
+  model = _conv_net()  # "w": blocks of 40 along 144 columns, the last block partial; "b": blocks of 4 along 10
+  folded = reading.read_onnx(model, dequantize=True)
+  assert "DequantizeLinear" not in {n.op_type for n in folded.graph.node}
+  weights = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+  assert not {"wq", "ws", "wz", "bq", "bs", "bz"} & set(weights)  # the quantised tensors are gone
+  _, params = graph_lib.convert(model)
+  for name in ("w", "b"):
+    np.testing.assert_array_equal(weights[name], _dequantize_alone_in_onnxruntime(model, name))
+    np.testing.assert_array_equal(weights[name], params[name])
+  x = RNG.uniform(0, 255, (2, 3, 15, 15)).astype(np.float32)
+  np.testing.assert_array_equal(_ort(folded, {"x": x}), _ort(model, {"x": x}))
+  assert "DequantizeLinear" in {n.op_type for n in model.graph.node}  # the caller's model is not modified
+
+
+def test_detector_and_targets_read_through_the_shared_reader(tmp_path, monkeypatch):
+  path = tmp_path / "net.onnx"
+  onnx.save(_conv_net(), str(path))
+  calls = []
+  read_onnx = reading.read_onnx
+
+  def spy(source, **options):
+    calls.append(options)
+    return read_onnx(source, **options)
+
+  monkeypatch.setattr(reading, "read_onnx", spy)
+  frame = frame_lib.make_frame("tiny", (15, 15), frame_lib.ARCFACE_112_LANDMARKS / 7.5)
+  onnx_target.load_onnx_target(path, input_frame=frame)
+  assert calls == [{}]
+  served = onnx.load_from_string(detect._load_yunet_graph(path))
+  assert calls[1:] == [{"dequantize": True}]
+  # the detector's session gets the interpreter's dequantised weights, bit for bit
+  _, params = graph_lib.convert(onnx.load(str(path)))
+  weights = {t.name: numpy_helper.to_array(t) for t in served.graph.initializer}
+  for name in ("w", "b"):
+    np.testing.assert_array_equal(weights[name], params[name])
+
+
+@pytest.mark.real_data
+def test_yunet_weights_are_the_interpreters_dequantisation(yunet_onnx):
+  original = onnx.load(str(yunet_onnx))
+  dq_nodes = [n for n in original.graph.node if n.op_type == "DequantizeLinear"]
+  served = onnx.load_from_string(detect._load_yunet_graph(yunet_onnx))
+  weights = {t.name: numpy_helper.to_array(t) for t in served.graph.initializer}
+  inits = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
+  assert len(dq_nodes) > 50 and "DequantizeLinear" not in {n.op_type for n in served.graph.node}
+  opset = reading.opset_version(original)
+  for i, proto in enumerate(dq_nodes):
+    node = reading.node_from_proto(proto, i)
+    (expected,) = operators.run_node(node, [inits[n] for n in node.inputs], opset, operators.Context())
+    np.testing.assert_array_equal(weights[proto.output[0]], expected)
+  np.testing.assert_array_equal(weights[dq_nodes[0].output[0]],
+                                _dequantize_alone_in_onnxruntime(original, dq_nodes[0].output[0]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The registered SFace and YuNet files: found by the one resolver, refused when their bytes differ.
+
+
+def _corrupted_copy(source, shared, flip_in):
+  """A copy of ``source`` at ``shared/models/<same name>`` with one byte of tensor ``flip_in``'s data flipped."""
+  data = bytearray(source.read_bytes())
+  tensor = next(t for t in onnx.load(str(source)).graph.initializer if t.name == flip_in)
+  at = bytes(data).find(tensor.raw_data)
+  assert at > 0 and bytes(data).count(tensor.raw_data) == 1
+  data[at + len(tensor.raw_data) // 2] ^= 0x01
+  copy = shared / "models" / source.name
+  copy.parent.mkdir(parents=True, exist_ok=True)
+  copy.write_bytes(bytes(data))
+  return copy
+
+
+def _largest_initialiser(path):
+  return max(onnx.load(str(path)).graph.initializer, key=lambda t: len(t.raw_data)).name
+
+
+@pytest.mark.real_data
+def test_corrupted_sface_file_is_refused_by_name_but_accepted_by_path(sface_onnx, tmp_path, monkeypatch):
+  monkeypatch.setenv("OPOMJAX_SHARED", str(tmp_path))
+  intact = tmp_path / "models" / sface_onnx.name
+  intact.parent.mkdir()
+  intact.write_bytes(sface_onnx.read_bytes())
+  assert checkpoints.resolve_file("sface") == intact  # the tmp folder is where the resolver looks
+  corrupted = _corrupted_copy(sface_onnx, tmp_path, _largest_initialiser(sface_onnx))
+  with pytest.raises(checkpoints.ChecksumError, match="sface"):
+    registry.load_model("sface")
+  with pytest.raises(checkpoints.ChecksumError, match="sface"):
+    registry.load_target("sface_onnx")
+  # an explicit path is the user's choice of model: read as given
+  monkeypatch.setattr(surrogate, "load_onnx_model", lambda path, **options: path)
+  assert surrogate.build_sface(corrupted) == corrupted
+  target = onnx_target.build_sface_target(corrupted)
+  assert target.embedding_size == 128
+
+
+@pytest.mark.real_data
+def test_corrupted_yunet_file_is_refused_by_name_but_accepted_by_path(yunet_onnx, tmp_path, monkeypatch):
+  monkeypatch.setenv("OPOMJAX_SHARED", str(tmp_path))
+  corrupted = _corrupted_copy(yunet_onnx, tmp_path, _largest_initialiser(yunet_onnx))
+  with pytest.raises(checkpoints.ChecksumError, match="yunet"):
+    detect.YuNetDetector()
+  with pytest.raises(checkpoints.ChecksumError, match="yunet"):
+    detect.default_yunet_path()
+  assert detect.YuNetDetector(corrupted).path == corrupted
+  monkeypatch.setenv("OPOMJAX_SHARED", str(yunet_onnx.parent.parent))
+  assert detect.default_yunet_path() == yunet_onnx

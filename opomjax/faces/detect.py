@@ -16,7 +16,9 @@ multiple of 32 (a 250x250 LFW photo becomes 256x256, about 4x cheaper than 640x6
 exceeds ``max_side`` are first downscaled (Pillow, antialiased) and the detections are mapped back. The input
 is BGR in [0, 255] without normalisation (OpenCV's ``blobFromImage`` defaults). The published weights are
 block-quantised int8; onnxruntime rejects some of their ``DequantizeLinear`` nodes, so the weights are
-dequantised in numpy once, when the session is built (exactly ``(q - zero_point) * scale``).
+dequantised in numpy once, when the session is built (exactly ``(q - zero_point) * scale``), by the ONNX reader
+the JAX interpreter uses (:func:`opomjax.models.onnx.reading.read_onnx`). The file is the registered ``yunet``
+model, found and sha256-checked by :func:`opomjax.models.checkpoints.resolve_file`, unless a path is given.
 
 Landmark order, as seen by the viewer: left eye, right eye, nose tip, left mouth corner, right mouth corner,
 matching :data:`opomjax.frame.ARCFACE_112_LANDMARKS`.
@@ -26,14 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import pathlib
 
 import numpy as np
 from PIL import Image
 
-YUNET_FILENAME = "face_detection_yunet_2023mar_int8bq.onnx"
-SHARED_ENV_VAR = "OPOMJAX_SHARED"
+from opomjax.models import checkpoints
+from opomjax.models.onnx import reading
+
 _STRIDES = (8, 16, 32)
 _DIVISOR = 32
 
@@ -72,54 +74,19 @@ class Detection:
 
 
 def default_yunet_path() -> pathlib.Path:
-  """``$OPOMJAX_SHARED/models/<YuNet file>``, with ``OPOMJAX_SHARED`` defaulting to ``../shared`` of the repo."""
-  shared = os.environ.get(SHARED_ENV_VAR)
-  root = pathlib.Path(shared) if shared else pathlib.Path(__file__).resolve().parents[2].parent / "shared"
-  return root / "models" / YUNET_FILENAME
+  """The registered YuNet file (registry name ``yunet``), found and sha256-checked by the one resolver.
 
-
-def _dequantize_initializer_nodes(graph) -> None:
-  """Replaces every ``DequantizeLinear`` whose inputs are all initialisers by its float result (in place)."""
-  from onnx import helper, numpy_helper  # pylint: disable=g-import-not-at-top
-
-  inits = {i.name: i for i in graph.initializer}
-  kept, folded = [], []
-  for node in graph.node:
-    if node.op_type != "DequantizeLinear" or not all(i in inits for i in node.input):
-      kept.append(node)
-      continue
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
-    scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-    zero = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
-            if len(node.input) > 2 and node.input[2] else np.zeros_like(scale))
-    block, axis = attrs.get("block_size", 0), attrs.get("axis", 1)
-    if block and scale.ndim == q.ndim:
-      scale, zero = np.repeat(scale, block, axis=axis), np.repeat(zero, block, axis=axis)
-    elif scale.ndim == 1 and q.ndim > 1 and scale.size > 1:
-      shape = [1] * q.ndim
-      shape[axis] = scale.size
-      scale, zero = scale.reshape(shape), zero.reshape(shape)
-    folded.append(numpy_helper.from_array((q - zero) * scale, node.output[0]))
-  used = {name for node in kept for name in node.input}
-  remaining = [i for i in graph.initializer if i.name in used]
-  del graph.node[:]
-  graph.node.extend(kept)
-  del graph.initializer[:]
-  graph.initializer.extend(remaining + folded)
+  Raises:
+    FileNotFoundError: no copy found; the message says where it looked and how to point at one.
+    opomjax.models.checkpoints.ChecksumError: the file found is not the registered one.
+  """
+  return checkpoints.resolve_file("yunet")
 
 
 def _load_yunet_graph(path: pathlib.Path) -> bytes:
   """Loads YuNet, dequantises its weights and frees its input height/width; returns the serialised model."""
-  import onnx  # pylint: disable=g-import-not-at-top
-
-  model = onnx.load(str(path))
+  model = reading.read_onnx(path, dequantize=True)
   graph = model.graph
-  _dequantize_initializer_nodes(graph)
-  graph_inputs = {i.name for i in graph.initializer}
-  real_inputs = [i for i in graph.input if i.name not in graph_inputs]
-  del graph.input[:]
-  graph.input.extend(real_inputs)
   dims = graph.input[0].type.tensor_type.shape.dim
   for d, name in zip(dims[2:], ("height", "width")):
     d.dim_param = name
@@ -189,7 +156,8 @@ class YuNetDetector:
   """YuNet face detector on onnxruntime (CPU by default).
 
   Args:
-    path: the ONNX file; defaults to :func:`default_yunet_path` (``$OPOMJAX_SHARED/models/...``).
+    path: the ONNX file, used as given; defaults to the registered file (:func:`default_yunet_path`,
+      sha256-checked).
     num_threads: onnxruntime intra-op threads; ``None`` lets onnxruntime choose (one per physical core).
     nms_threshold: IoU above which overlapping detections are suppressed (OpenCV's default 0.3).
     max_side: photos whose longer side exceeds this are downscaled to it before detection (``None``: never).
@@ -204,15 +172,13 @@ class YuNetDetector:
                max_side: int | None = 640, providers=("CPUExecutionProvider",)):
     import onnxruntime as ort  # pylint: disable=g-import-not-at-top
 
-    path = pathlib.Path(path) if path is not None else default_yunet_path()
-    if not path.is_file():
-      raise FileNotFoundError(
-          f"YuNet model not found at {path}. Pass its path, or set {SHARED_ENV_VAR} to the folder that holds "
-          f"models/{YUNET_FILENAME}.")
     if max_side is not None and max_side < _DIVISOR:
       raise ValueError(f"max_side must be at least {_DIVISOR} or None; got {max_side}")
     if not 0 <= nms_threshold <= 1:
       raise ValueError(f"nms_threshold must lie in [0, 1]; got {nms_threshold}")
+    path = pathlib.Path(path) if path is not None else default_yunet_path()
+    if not path.is_file():
+      raise FileNotFoundError(f"YuNet model not found at {path}; pass the path of an existing .onnx file")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if num_threads is not None:

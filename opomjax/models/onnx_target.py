@@ -5,14 +5,15 @@ canonical-frame RGB images in [0, 255] -> unit embeddings. The ONNX file is neve
 the in-memory copy:
 
 * graph inputs that are really weights (some converters list initialisers as inputs, which onnxruntime then
-  demands as feeds) are dropped, as in :func:`opomjax.models.onnx_jax.read_onnx`;
+  demands as feeds) are dropped by :func:`opomjax.models.onnx.reading.read_onnx`, the reader the JAX
+  interpreter and the face detector use;
 * a batch dimension fixed to 1 is renamed to a free one so that a whole batch runs at once; when the graph
   hard-codes batch 1 further in (a ``Reshape`` to ``[1, -1]``), the images run one at a time instead.
 
 Example::
 
     from opomjax.models import onnx_target
-    target = onnx_target.build_sface_target()           # finds the file through OPOMJAX_SHARED
+    target = onnx_target.build_sface_target()           # the registered file, sha256-checked
     emb = target.embed(canonical_images)                # (b, 128) numpy, unit norm
 """
 
@@ -29,7 +30,8 @@ import onnxruntime as ort
 
 from opomjax import frame as frame_lib
 from opomjax.models import base
-from opomjax.models import onnx_jax
+from opomjax.models import checkpoints
+from opomjax.models.onnx import reading
 
 
 def _free_batch_dim(model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
@@ -58,7 +60,7 @@ class OnnxEmbedder:
     num_threads: onnxruntime intra-op threads (default: onnxruntime's choice).
   """
 
-  def __init__(self, model: onnx.ModelProto, spec: onnx_jax.InputSpec, *, input_name: str,
+  def __init__(self, model: onnx.ModelProto, spec: reading.InputSpec, *, input_name: str,
                output_name: str, batch_size: int = 64, providers: Sequence[str] | None = None,
                num_threads: int | None = None):
     if batch_size < 1:
@@ -72,7 +74,7 @@ class OnnxEmbedder:
     if num_threads:
       self._options.intra_op_num_threads = int(num_threads)
     self._providers = list(providers or ["CPUExecutionProvider"])
-    dims = onnx_jax.tensor_dims(next(v for v in model.graph.input if v.name == input_name))
+    dims = reading.tensor_dims(next(v for v in model.graph.input if v.name == input_name))
     self.fixed_batch = bool(dims) and dims[0] == 1
     self._model = model
     self._session = self._make_session(_free_batch_dim(model, input_name) if self.fixed_batch else model)
@@ -142,10 +144,10 @@ def load_onnx_target(
   Returns:
     A :class:`~opomjax.models.base.BlackBoxTarget`.
   """
-  model = onnx_jax.read_onnx(path)
-  spec = onnx_jax.input_spec(model, layout, channel_order, pixel_scale, pixel_offset, input_name)
-  in_name = onnx_jax.find_value(model.graph.input, input_name, "input").name
-  out_name = onnx_jax.find_value(model.graph.output, output_name, "output").name
+  model = reading.read_onnx(path)
+  spec = reading.input_spec(model, layout, channel_order, pixel_scale, pixel_offset, input_name)
+  in_name = reading.find_value(model.graph.input, input_name, "input").name
+  out_name = reading.find_value(model.graph.output, output_name, "output").name
   embedder = OnnxEmbedder(model, spec, input_name=in_name, output_name=out_name, batch_size=batch_size,
                           providers=providers, num_threads=num_threads)
   h, w = input_frame.size
@@ -162,10 +164,10 @@ def build_sface_target(weights: str | os.PathLike | None = None, **options) -> b
   """SFace (OpenCV Zoo int8 file) through onnxruntime: RGB [0, 255], 112x112 ArcFace frame, 128-D.
 
   Args:
-    weights: the ONNX file (default: ``$OPOMJAX_SHARED/models/face_recognition_sface_2021dec_int8bq.onnx``;
-      ``FileNotFoundError`` naming ``OPOMJAX_SHARED`` when absent).
+    weights: the ONNX file, used as given (default: the registered ``sface`` file, found by
+      :func:`opomjax.models.checkpoints.resolve_file` and refused when its sha256 differs).
     **options: passed to :func:`load_onnx_target`.
   """
-  path = pathlib.Path(weights) if weights is not None else onnx_jax.sface_path()
+  path = pathlib.Path(weights) if weights is not None else checkpoints.resolve_file("sface")
   options.setdefault("name", "sface_onnx")
   return load_onnx_target(path, **options)
