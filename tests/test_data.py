@@ -4,12 +4,17 @@ import collections
 import csv
 import pathlib
 import shutil
+import socket
+import time
 import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import tensorflow_datasets as tfds
+
+from opomjax import data
 from opomjax import faces
 from opomjax import frame as frame_lib
 from opomjax.data import alignment
@@ -259,6 +264,115 @@ def test_load_protocol_rejects_bad_arguments(tmp_path):
     loading.load_protocol("folder", data_dir=tmp_path)
   with pytest.raises(ValueError, match="release_dir"):
     loading.load_protocol("privacy_commons", release_dir=tmp_path / "nowhere", data_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Where LFW comes from: the documented default, a clear error when it is missing, downloads only when asked.
+# ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+  """Every attempt to download or open a connection is recorded and refused."""
+  attempts = []
+
+  def refuse(*args, **kwargs):
+    attempts.append(args)
+    raise AssertionError("network access attempted")
+
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+  for method in ("download", "download_and_extract"):
+    monkeypatch.setattr(tfds.download.DownloadManager, method, refuse)
+  return attempts
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+  """No LFW / shared / data-dir variables; the working directory is an empty ``tmp/work``."""
+  for var in ("OPOMJAX_LFW_DIR", "OPOMJAX_SHARED", "OPOMJAX_DATA_DIR"):
+    monkeypatch.delenv(var, raising=False)
+  (tmp_path / "work").mkdir()
+  monkeypatch.chdir(tmp_path / "work")
+
+
+def small_lfw(path: pathlib.Path) -> pathlib.Path:
+  """An LFW-shaped folder: one person with 21 photos (a Privacy-LFW probe), two with one (distractors)."""
+  for name, count in (("Ann_Probe", 21), ("Bo_Other", 1), ("Cy_Other", 1)):
+    (path / name).mkdir(parents=True)
+    for i in range(1, count + 1):
+      Image.fromarray(ramp_photo(96, seed=i + len(name))).save(path / name / f"{name}_{i:04d}.jpg", quality=95)
+  return path
+
+
+def test_missing_lfw_fails_at_once_without_network(clean_env, tmp_path, monkeypatch, no_network):
+  monkeypatch.setenv("OPOMJAX_SHARED", str(tmp_path / "no_shared"))  # no LFW there, nor at the checkout's
+  start = time.monotonic()
+  with pytest.raises(data.DatasetNotFoundError) as error:
+    data.load_protocol("privacy_lfw", data_dir=tmp_path / "tfds", num_workers=0)
+  assert time.monotonic() - start < 5
+  assert no_network == []
+  message = str(error.value)
+  assert "\n" not in message and str((tmp_path / "no_shared").resolve()) in message
+  assert "lfw_dir=" in message and "$OPOMJAX_LFW_DIR" in message and "download=True" in message
+  assert not (tmp_path / "tfds" / "privacy_lfw").exists()  # nothing prepared, nothing half-written
+
+
+def test_documented_default_lfw_is_prepared(clean_env, tmp_path, fake_aligner, no_network):
+  lfw = small_lfw(tmp_path / "shared" / "datasets" / "lfw-deepfunneled")
+  assert data.find_lfw_dir().resolve() == lfw.resolve()  # ../shared next to the working directory
+  protocol = data.load_protocol("privacy_lfw", data_dir=tmp_path / "tfds", num_workers=0)
+  assert no_network == []
+  assert protocol.names == ("Ann_Probe",)
+  assert protocol.train_files == (tuple(f"Ann_Probe/Ann_Probe_{i:04d}.jpg" for i in range(1, 11)),)
+  assert protocol.distractor_files == ("Bo_Other/Bo_Other_0001.jpg", "Cy_Other/Cy_Other_0001.jpg")
+  expected = fake_align_photo(str(lfw / "Ann_Probe" / "Ann_Probe_0012.jpg")).chip
+  np.testing.assert_array_equal(protocol.test[0, 1], np.rint(expected).astype(np.uint8))
+  # Prepared data is read back even when the photos are gone (no LFW needed any more).
+  shutil.rmtree(lfw)
+  again = data.load_protocol("privacy_lfw", data_dir=tmp_path / "tfds")
+  np.testing.assert_array_equal(again.test, protocol.test)
+
+
+def test_download_only_when_asked(clean_env, tmp_path, monkeypatch, fake_aligner):
+  monkeypatch.setenv("OPOMJAX_SHARED", str(tmp_path / "no_shared"))
+  extracted = small_lfw(tmp_path / "downloads" / "extracted" / "lfw-deepfunneled")
+  urls = []
+
+  def download_and_extract(self, url):
+    urls.append(url)
+    return extracted.parent  # the archive's own top folder is descended into
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", download_and_extract)
+  with pytest.raises(data.DatasetNotFoundError):
+    data.load_protocol("privacy_lfw", data_dir=tmp_path / "tfds", num_workers=0)
+  assert urls == []
+  protocol = data.load_protocol("privacy_lfw", data_dir=tmp_path / "tfds", num_workers=0, download=True)
+  assert urls == [builders.LFW_URL]
+  assert protocol.names == ("Ann_Probe",) and protocol.distractors.shape[0] == 2
+
+
+def test_a_wrong_lfw_dir_fails_before_any_preparation(tmp_path, no_network):
+  with pytest.raises(data.DatasetNotFoundError, match="^lfw_dir .* does not exist"):
+    data.load_protocol("privacy_lfw", lfw_dir=tmp_path / "lfw-typo", data_dir=tmp_path / "tfds", download=True)
+  with pytest.raises(data.DatasetNotFoundError, match="^lfw_dir .* does not look like LFW"):
+    data.make_builder("privacy_lfw", lfw_dir=tmp_path, data_dir=tmp_path / "tfds")
+  assert no_network == [] and not (tmp_path / "tfds").exists()
+
+
+def test_prepare_reports_whether_it_prepared(identity_folder, tmp_path, fake_aligner):
+  builder = loading.make_builder("folder", root=identity_folder, rule=RULE, data_dir=tmp_path / "tfds",
+                                 num_workers=0)
+  late = loading.make_builder("folder", root=identity_folder, rule=RULE, data_dir=tmp_path / "tfds",
+                              num_workers=0)  # made before the files exist, like a process that waited
+  assert loading.prepare(builder) is True
+  assert len(fake_aligner) == 10
+  assert loading.prepare(late) is False and len(fake_aligner) == 10
+  assert (tmp_path / "tfds" / ".locks").is_dir()
+  reread = loading.protocol_from_sources(late.as_data_source(), late.info.metadata)
+  first = loading.protocol_from_sources(builder.as_data_source(), builder.info.metadata)
+  np.testing.assert_array_equal(reread.train, first.train)
+  np.testing.assert_array_equal(reread.distractors, first.distractors)
 
 
 # ------------------------------------------------------------------------------------------------------

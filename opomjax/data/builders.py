@@ -13,7 +13,7 @@ Detection and alignment run once, at preparation; later runs read the prepared f
 ``tfds.data_source`` (no TensorFlow needed). Records keep the order they were written in: probe identities in
 name order, each identity's files in name order.
 
-Builders: ``privacy_lfw`` (LFW, from a local folder / archive or downloaded), ``privacy_commons`` and
+Builders: ``privacy_lfw`` (LFW, from a local folder / archive, or downloaded when asked), ``privacy_commons`` and
 ``privacy_celebrities`` (the official OPOM releases, already aligned 112x112 images), ``identity_folder``
 (any ``root/PERSON/*.jpg`` set).
 """
@@ -30,7 +30,9 @@ import tensorflow_datasets as tfds
 
 from opomjax import frame as frame_lib
 from opomjax.data import alignment
+from opomjax.data import locks
 from opomjax.data import protocols
+from opomjax.data import sources
 
 SPLITS = ("train", "test", "distractors")
 
@@ -40,9 +42,7 @@ LFW_HOMEPAGE = "http://vis-www.cs.umass.edu/lfw/"
 OPOM_HOMEPAGE = "https://github.com/zhongyy/OPOM"
 
 
-def default_data_dir() -> str:
-  """``$OPOMJAX_DATA_DIR`` or ``~/.cache/opomjax/tfds``: where prepared datasets live."""
-  return os.environ.get("OPOMJAX_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "opomjax", "tfds"))
+default_data_dir = sources.default_data_dir
 
 
 def chip_features(frame: frame_lib.Frame) -> tfds.features.FeaturesDict:
@@ -103,10 +103,15 @@ class _ChipBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   HOMEPAGE = ""
   FALLBACK: str | None = "center"
 
-  def __init__(self, *, num_workers: int | None = None, detector_path: str | None = None, **kwargs):
+  def __init__(self, *, num_workers: int | None = None, detector_path: str | None = None, download: bool = False,
+               **kwargs):
     self._num_workers = num_workers
     self._detector_path = detector_path
+    self.download = download
     super().__init__(**kwargs)
+
+  def check_sources(self) -> None:
+    """Raises (one line, no network access) when the photos to prepare from are missing; see subclasses."""
 
   @property
   def frame(self) -> frame_lib.Frame:
@@ -160,10 +165,15 @@ class IdentityFolder(_ChipBuilder):
           description=f"{self._root} ({rule})")
     super().__init__(config=config, **kwargs)
 
-  def _file_split(self, dl_manager):
-    del dl_manager
+  def check_sources(self) -> None:
     if self._root is None:
       raise ValueError("identity_folder needs root= to prepare its data")
+    if not self._root.is_dir():
+      raise ValueError(f"root {str(self._root)!r} is not a directory")
+
+  def _file_split(self, dl_manager):
+    del dl_manager
+    self.check_sources()
     return self._root, protocols.split_identities(protocols.list_identity_folder(self._root), self._rule)
 
 
@@ -174,8 +184,10 @@ class PrivacyLfw(_ChipBuilder):
   """Privacy-LFW: LFW (deep-funneled) probe identities with >= 20 photos, 10 train + 10 test each.
 
   Photos come from ``lfw_dir`` (a folder of ``PERSON/`` folders, or the ``.tgz`` archive), else from
-  ``$OPOMJAX_LFW_DIR``, else from the official LFW site (:data:`LFW_URL`). The deep-funneled photos are
-  centred on their subject: where the detector finds no face, the fixed
+  ``$OPOMJAX_LFW_DIR``, else from ``datasets/lfw-deepfunneled`` in the shared data folder
+  (:func:`opomjax.data.sources.find_lfw_dir`); with ``download=True`` and none of these, from the official LFW
+  site (:data:`LFW_URL`). The deep-funneled photos are centred on their subject: where the detector finds no
+  face, the fixed
   :data:`opomjax.data.alignment.LFW_DEEPFUNNELED_LANDMARKS` template aligns the photo.
   """
 
@@ -186,23 +198,28 @@ class PrivacyLfw(_ChipBuilder):
   ]
 
   def __init__(self, *, lfw_dir: str | os.PathLike | None = None, **kwargs):
-    self._lfw_dir = lfw_dir
+    if lfw_dir is not None and str(lfw_dir):
+      lfw_dir = sources.check_lfw_source(lfw_dir, "lfw_dir")
+    self._lfw_dir = lfw_dir or None
     super().__init__(**kwargs)
 
   @property
   def rule(self) -> protocols.SplitRule:
     return _LFW_RULES[self.builder_config.name[len(frame_lib.CANONICAL.name) + 1:]]
 
+  def check_sources(self) -> None:
+    sources.lfw_source(self._lfw_dir, download=self.download)
+
   def _lfw_root(self, dl_manager) -> pathlib.Path:
-    source = self._lfw_dir or os.environ.get("OPOMJAX_LFW_DIR")
-    if source is None:
-      return find_identity_root(pathlib.Path(dl_manager.download_and_extract(LFW_URL)))
-    source = pathlib.Path(source)
-    if source.is_file():
+    source = sources.lfw_source(self._lfw_dir, download=self.download)
+    if source is not None and source.is_dir():
+      return source
+    # Downloads and extractions land in the data folder's shared downloads/: one process at a time.
+    with locks.file_lock(locks.lock_path(self.data_dir_root, "downloads", "lfw"),
+                         waiting_message="waiting for another process downloading / extracting LFW"):
+      if source is None:
+        return find_identity_root(pathlib.Path(dl_manager.download_and_extract(LFW_URL)))
       return find_identity_root(pathlib.Path(dl_manager.extract(source)))
-    if not source.is_dir():
-      raise ValueError(f"lfw_dir {str(source)!r} is neither a folder nor an archive")
-    return source
 
   def _file_split(self, dl_manager):
     root = self._lfw_root(dl_manager)
@@ -224,11 +241,15 @@ class _OpomRelease(_ChipBuilder, skip_registration=True):
     self._release_dir = None if release_dir is None else pathlib.Path(release_dir)
     super().__init__(**kwargs)
 
-  def _file_split(self, dl_manager):
-    del dl_manager
+  def check_sources(self) -> None:
     root = self._release_dir
     if root is None or not root.is_dir():
       raise ValueError(f"release_dir must be the release's data folder, got {root!r}")
+
+  def _file_split(self, dl_manager):
+    del dl_manager
+    self.check_sources()
+    root = self._release_dir
     split = protocols.release_split(
         protocols.read_list(root / self.TRAIN_LIST), protocols.read_list(root / self.TEST_LIST),
         protocols.read_list(root / self.DISTRACTOR_LIST), num_train=10, num_test=self.NUM_TEST,
