@@ -14,88 +14,57 @@ model depending on the model and the load.
 from __future__ import annotations
 
 import json
-import pathlib
 
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 
-import opomjax
+from experiments import launcher
 from opomjax import data
-from opomjax.models import registry
-from opomjax.pipeline import features
+from opomjax.files import atomic_write_bytes
+from opomjax.pipeline.baselines import baseline, check_arguments, embed_fn, random_masks
 
 FLAGS = flags.FLAGS
-_KS = (1, 5, 10)
 
 
 def define_flags() -> None:
   """The launcher's flags, defined only when it runs (so that importing this module defines none)."""
-  flags.DEFINE_list("models", ["dlib_resnet", "sface"], "Registry names (surrogates or targets).")
+  flags.DEFINE_list("models", ["dlib_resnet", "sface"], "Registry names (surrogates or targets) or .onnx files.")
   flags.DEFINE_string("out", None, "Where to write the JSON results (optional).")
   flags.DEFINE_string("protocol", "privacy_lfw", f"One of {', '.join(data.PROTOCOLS)}.")
   flags.DEFINE_string("lfw_dir", None, "LFW folder or archive (default: $OPOMJAX_LFW_DIR).")
   flags.DEFINE_string("data_dir", None, "Prepared datasets (default: $OPOMJAX_DATA_DIR).")
+  flags.DEFINE_bool("download", False, "Download LFW when it is not found.")
   flags.DEFINE_integer("num_identities", None, "First N probe identities (default: all).")
   flags.DEFINE_integer("batch_size", 64, "Embedding batch size.")
-  flags.DEFINE_float("random_mask_epsilon", 0.0, "Uniform random mask bound (0: none).")
+  flags.DEFINE_float("random_mask_epsilon", 0.0, "Uniform random mask bound (0: none; at most 32).")
+  flags.DEFINE_bool("allow_large_epsilon", False, "Accept --random_mask_epsilon above 32.")
+  flags.DEFINE_bool("allow_random_weights", False, "Accept models without real weights (tests only).")
   flags.DEFINE_integer("seed", 0, "PRNG seed of the random masks.")
 
 
-def embed_fn(name: str):
-  """A batch embedding function for a registry name: jitted for surrogates, as is for black-box targets."""
-  if name in registry.TARGET_BUILDERS or name.endswith(".onnx"):
-    return registry.load_target(name).embed
-  model = registry.load_model(name)
-  apply = jax.jit(model.apply)
-  return lambda images: apply(model.params, images)
-
-
-def random_masks(key, k: int, shape, epsilon: float) -> np.ndarray:
-  """One uniform mask in [-epsilon, epsilon] per identity, ``(k, H, W, 3)`` float32."""
-  return np.asarray(jax.random.uniform(key, (k,) + tuple(shape), minval=-epsilon, maxval=epsilon))
-
-
-def accuracies(probes, clean, gallery, k: int, m: int, prefix: str = "") -> dict[str, float]:
-  ks = tuple(t for t in _KS if t <= len(gallery) + 1)  # a rank beyond the gallery's size means nothing
-  rates = opomjax.protection_success_rate(probes.reshape(k, m, -1), clean.reshape(k, m, -1), gallery, ks=ks)
-  return {f"{prefix}top{t}": 1.0 - float(rates[t]) for t in ks}
-
-
-def baseline(embed, protocol: data.Protocol, *, batch_size: int, masks=None, desc: str = "") -> dict[str, float]:
-  """Top-k identification accuracy of ``protocol``'s clean test photos; with ``masks`` (one per person) also
-  that of the masked photos, under ``random_mask_top*``."""
-  k, m = protocol.test.shape[:2]
-  test = protocol.test.reshape((k * m,) + protocol.test.shape[2:])
-  embed_all = lambda images, what, **kw: features.embed_in_batches(embed, images, batch_size=batch_size,
-                                                                   desc=f"{desc} {what}", **kw)
-  clean = embed_all(test, "test")
-  gallery = embed_all(protocol.distractors, "distractors")
-  result = accuracies(clean, clean, gallery, k, m)
-  if masks is not None:
-    masked = embed_all(test, "masked test", masks=np.repeat(masks, m, axis=0))
-    result.update(accuracies(masked, clean, gallery, k, m, prefix="random_mask_"))
-  return result
-
-
+@launcher.one_line_errors
 def main(argv):
   del argv
+  check_arguments(FLAGS.models, protocol=FLAGS.protocol, num_identities=FLAGS.num_identities,
+                  batch_size=FLAGS.batch_size, random_mask_epsilon=FLAGS.random_mask_epsilon,
+                  allow_large_epsilon=FLAGS.allow_large_epsilon, allow_random_weights=FLAGS.allow_random_weights,
+                  seed=FLAGS.seed, out=FLAGS.out, lfw_dir=FLAGS.lfw_dir)
+  embeds = {name: embed_fn(name, allow_random_weights=FLAGS.allow_random_weights) for name in FLAGS.models}
   protocol = data.load_protocol(FLAGS.protocol, lfw_dir=FLAGS.lfw_dir, data_dir=FLAGS.data_dir,
-                                num_identities=FLAGS.num_identities)
+                                num_identities=FLAGS.num_identities, download=FLAGS.download)
   print(protocol)
   masks = None
   if FLAGS.random_mask_epsilon > 0:
     masks = random_masks(jax.random.key(FLAGS.seed), len(protocol.names), protocol.test.shape[2:],
                          FLAGS.random_mask_epsilon)
   results = {}
-  for name in FLAGS.models:
-    results[name] = baseline(embed_fn(name), protocol, batch_size=FLAGS.batch_size, masks=masks, desc=name)
+  for name, embed in embeds.items():
+    results[name] = baseline(embed, protocol, batch_size=FLAGS.batch_size, masks=masks, desc=name)
     print(name, " ".join(f"{key}={value:.4f}" for key, value in results[name].items()), flush=True)
   print(json.dumps(results, indent=2))
   if FLAGS.out:
-    pathlib.Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_bytes(FLAGS.out, (json.dumps(results, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 """Mask files, feature cache, result tables and the run bookkeeping of opomjax.pipeline."""
 
 import csv
+import dataclasses
 import json
 import os
+import pathlib
+import re
+import shutil
 import stat
 
 import numpy as np
 import pytest
 
-from opomjax.pipeline import features, masks, reports, runner
+from experiments.configs import common
+from opomjax.pipeline import features, masks, reports, runner, settings, validate
 
 
 def test_mask_roundtrip_and_metadata(tmp_path):
@@ -44,6 +49,34 @@ def test_identity_filenames_are_safe_and_distinct():
   assert masks.identity_filename("George_W_Bush") == "George_W_Bush.npz"
   assert "/" not in masks.identity_filename("../etc/passwd")
   assert not masks.identity_filename(".hidden").startswith(".")
+
+
+#: Names that the sanitisation alone maps to one file (``Ann_Smith``, ``_.x``, ...).
+COLLIDING_NAMES = ["Ann Smith", "Ann/Smith", "Ann_Smith", "Ann?Smith", "Ann\u00e9Smith", "Ann\u00e8Smith",
+                   ".x", "_.x", "/x", "", "_", "a" * 300, "a" * 300 + "b"]
+
+
+def test_identity_filenames_are_injective_and_safe():
+  files = [masks.identity_filename(name) for name in COLLIDING_NAMES]
+  assert len(set(files)) == len(COLLIDING_NAMES)
+  for name in files:
+    assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.npz", name) and len(name) < 255
+  assert masks.identity_filename("Ann_Smith") == "Ann_Smith.npz"  # safe names keep their file (old workdirs)
+  assert masks.identity_filename("J.K._Rowling-2") == "J.K._Rowling-2.npz"
+
+
+def test_colliding_names_get_their_own_mask_files(tmp_path):
+  meta = dict(frame="f", epsilon=8.0, method="m", surrogate="s", steps=1, seed=0)
+  for i, name in enumerate(COLLIDING_NAMES):
+    masks.save_mask(masks.mask_path(tmp_path, name), np.full((2, 2, 3), i, np.float32), {**meta, "identity": name})
+  assert len(list((tmp_path / "masks").iterdir())) == len(COLLIDING_NAMES)
+  for i, name in enumerate(COLLIDING_NAMES):
+    mask, loaded = masks.load_identity_mask(tmp_path, name)
+    assert mask[0, 0, 0] == i and loaded["identity"] == name
+  # A file that holds another identity's mask is refused, not used.
+  shutil.copy(masks.mask_path(tmp_path, "Ann Smith"), masks.mask_path(tmp_path, "Ann/Smith"))
+  with pytest.raises(masks.MaskFileError, match="belongs to identity 'Ann Smith'"):
+    masks.load_identity_mask(tmp_path, "Ann/Smith")
 
 
 def test_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
@@ -175,3 +208,335 @@ def test_model_fingerprint_changes_with_geometry_and_weights():
   moved = dataclasses.replace(model, input_frame=frame.make_frame("other", (112, 112), frame.ARCFACE_112_LANDMARKS + 1))
   reweighted = dataclasses.replace(model, params={"w": jnp.full((3, 2), 2.0)})
   assert len({features.model_fingerprint(m) for m in (model, moved, reweighted)}) == 3
+
+
+# ------------------------------------------------------------------------------------------------------
+# Runs on a toy surrogate: masks carry their settings, and a rerun with other settings is refused.
+# ------------------------------------------------------------------------------------------------------
+
+
+def toy_model(scale: float = 1.0):
+  """A linear 'face model' on 16x16 inputs, with DFANet-style dropout: fast enough to run the pipeline."""
+  import jax
+
+  from opomjax import frame
+  from opomjax.models import base
+
+  tiny = frame.make_frame("toy16", (16, 16), frame.CANONICAL.landmarks_array * 16 / 128)
+
+  def net(params, x, key=None, dropout_rate=0.0):
+    flat = x.reshape(x.shape[0], -1) / 255.0
+    if key is not None and dropout_rate > 0:
+      flat = flat * jax.random.bernoulli(key, 1 - dropout_rate, flat.shape) / (1 - dropout_rate)
+    return flat @ params["w"], [flat]
+
+  weights = scale * jax.random.normal(jax.random.key(0), (16 * 16 * 3, 8))
+  return base.FaceModel("toy", net, {"w": weights}, tiny, 8)
+
+
+NUM_TOY_IDS = 4
+
+
+def toy_config(**overrides):
+  """The fi-uap config on 4 synthetic identities in groups of 2, 2 steps, momentum + DFANet ("-mdfa")."""
+  config = common.method_config("fi-uap", "dlib")
+  config.update_from_flattened_dict({
+      "dataset.name": "synthetic", "dataset.num_identities": NUM_TOY_IDS, "group_size": 2, "steps": 2,
+      "momentum": 1.0, "dropout": 0.1, "targets": "dlib_resnet",
+      **{k.replace("__", "."): v for k, v in overrides.items()}})
+  return config
+
+
+@pytest.fixture
+def toy_run(monkeypatch):
+  """Patches the runner to use :func:`toy_model` and counts surrogate loads and ``generate_masks`` calls."""
+  return patch_toy_run(monkeypatch)
+
+
+def patch_toy_run(monkeypatch) -> dict:
+  import opomjax
+
+  calls = {"load_surrogate": 0, "generate_masks": 0}
+  real_generate = opomjax.generate_masks
+
+  def load_surrogate(config):
+    calls["load_surrogate"] += 1
+    return toy_model()
+
+  def generate_masks(*args, **kwargs):
+    calls["generate_masks"] += 1
+    return real_generate(*args, **kwargs)
+
+  monkeypatch.setattr(runner, "load_surrogate", load_surrogate)
+  monkeypatch.setattr(opomjax, "generate_masks", generate_masks)
+  monkeypatch.setattr(opomjax, "load_target", lambda name, **kw: toy_model())
+  return calls
+
+
+def snapshot(workdir):
+  return {p.relative_to(workdir): p.read_bytes() for p in sorted(workdir.rglob("masks/*.npz"))}
+
+
+@pytest.fixture(scope="module")
+def generated_once(tmp_path_factory):
+  """A workdir with the masks of :func:`toy_config` (fi-uap and opom-convex), made once per module."""
+  workdir = tmp_path_factory.mktemp("toy_run")
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    calls = patch_toy_run(monkeypatch)
+    runner.generate_all(toy_config(methods="fi-uap,opom-convex"), workdir, protocol=toy_protocol())
+  assert calls["generate_masks"] == 4  # 2 groups x 2 methods
+  return workdir
+
+
+@pytest.fixture
+def generated(generated_once, tmp_path, toy_run):
+  """A fresh copy of :func:`generated_once`'s workdir, and its {method: workdir}."""
+  workdir = tmp_path / "run"
+  shutil.copytree(generated_once, workdir)
+  return workdir, runner.method_workdirs(toy_config(methods="fi-uap,opom-convex"), workdir)
+
+
+def toy_protocol(num_identities: int = NUM_TOY_IDS, seed: int = 0):
+  return runner.synthetic_protocol(num_identities, seed=seed)
+
+
+def test_masks_record_their_settings_and_identity(generated):
+  workdir, workdirs = generated
+  _, meta = masks.load_identity_mask(workdirs["opom-convex"], "synthetic_0003")
+  recorded = meta["settings"]
+  assert meta["identity"] == "synthetic_0003"
+  assert {k: recorded[k] for k in ("method", "surrogate", "epsilon", "step_size", "steps", "momentum", "dropout",
+                                   "seed", "group_size", "dataset", "lower", "upper", "warmup_center_steps",
+                                   "solver", "frame", "group", "group_members")} == dict(
+      method="opom-convex", surrogate="dlib_resnet", epsilon=8.0, step_size=1.0, steps=2, momentum=1.0,
+      dropout=0.1, seed=0, group_size=2, dataset="synthetic", lower=0.0, upper=1.0, warmup_center_steps=5,
+      solver="osqp", frame="arcface128", group=1, group_members=2)
+  protocol = toy_protocol()
+  assert recorded["group_images"] == features.fingerprint(protocol.train[[2, 3]])
+  assert recorded["surrogate_weights"] == features.model_fingerprint(toy_model())
+  _, fi_meta = masks.load_identity_mask(workdirs["fi-uap"], "synthetic_0003")
+  assert "lower" not in fi_meta["settings"]  # the hull bounds do not change an FI-UAP mask
+
+
+@pytest.mark.parametrize("overrides,setting", [
+    (dict(epsilon=4.0), "epsilon"), (dict(steps=3), "steps"), (dict(step_size=0.5), "step_size"),
+    (dict(momentum=0.5), "momentum"), (dict(dropout=0.2), "dropout"), (dict(seed=1), "seed"),
+    (dict(group_size=3), "group_size"), (dict(dataset__images_per_split=3), "images_per_split"),
+    (dict(lower=0.1), "lower"), (dict(upper=0.9), "upper"), (dict(warmup_center_steps=1), "warmup_center_steps"),
+    (dict(solver="fista"), "solver"),
+])
+def test_rerun_with_other_settings_is_refused_before_any_work(generated, toy_run, overrides, setting):
+  workdir, _ = generated
+  before = snapshot(workdir)
+  config = toy_config(methods="fi-uap,opom-convex", **overrides)
+  with pytest.raises(settings.SettingsMismatchError) as refusal:
+    runner.generate_all(config, workdir, protocol=toy_protocol())
+  message = str(refusal.value)
+  assert f"{setting}: " in message and "in the masks" in message and str(workdir) in message
+  assert "--workdir" in message and "\n" not in message
+  assert toy_run == {"load_surrogate": 0, "generate_masks": 0}  # refused before the model was even loaded
+  assert snapshot(workdir) == before
+
+
+def test_settings_an_fi_uap_mask_does_not_read_do_not_refuse_it(generated, toy_run):
+  workdir, _ = generated
+  before = snapshot(workdir)
+  runner.generate_all(toy_config(methods="fi-uap", lower=0.1), workdir, protocol=toy_protocol())
+  assert toy_run["generate_masks"] == 0 and snapshot(workdir) == before
+
+
+def test_rerun_with_the_same_settings_resumes_bit_for_bit(generated, toy_run):
+  workdir, workdirs = generated
+  before = snapshot(workdir)
+  config = toy_config(methods="fi-uap,opom-convex")
+  runner.generate_all(config, workdir, protocol=toy_protocol())
+  assert toy_run["generate_masks"] == 0 and snapshot(workdir) == before
+  lost = masks.mask_path(workdirs["fi-uap"], "synthetic_0001")  # group 0
+  old_mask, _ = masks.load_mask(lost)
+  lost.unlink()
+  runner.generate_all(config, workdir, protocol=toy_protocol())
+  assert toy_run["generate_masks"] == 1  # only the group of the lost mask
+  np.testing.assert_array_equal(masks.load_mask(lost)[0], old_mask)
+
+
+@pytest.mark.parametrize("change,setting", [
+    ("data", "group_images"), ("num_identities", "group_members"), ("surrogate", "surrogate_weights")])
+def test_rerun_on_other_data_or_weights_is_refused_before_generation(generated, toy_run, monkeypatch, change,
+                                                                     setting):
+  workdir, _ = generated
+  before = snapshot(workdir)
+  protocol = toy_protocol()
+  config = toy_config(methods="fi-uap,opom-convex")
+  if change == "data":
+    protocol = toy_protocol(seed=1)
+  elif change == "num_identities":  # group 1 held identities 2 and 3; with 3 identities only 2
+    protocol = toy_protocol(3)
+    config.dataset.num_identities = 3
+  else:
+    monkeypatch.setattr(runner, "load_surrogate", lambda config: toy_model(scale=2.0))
+  with pytest.raises(settings.SettingsMismatchError, match=f"{setting}: "):
+    runner.generate_all(config, workdir, protocol=protocol)
+  assert toy_run["generate_masks"] == 0 and snapshot(workdir) == before
+
+
+def test_masks_without_a_settings_record_are_refused(generated, toy_run):
+  workdir, workdirs = generated
+  path = masks.mask_path(workdirs["fi-uap"], "synthetic_0000")
+  mask, meta = masks.load_mask(path)
+  del meta["settings"]
+  masks.save_mask(path, mask, meta)
+  with pytest.raises(settings.SettingsMismatchError, match="no settings record"):
+    runner.generate_all(toy_config(methods="fi-uap,opom-convex"), workdir, protocol=toy_protocol())
+
+
+def test_results_rows_carry_settings_and_do_not_merge_across_them(generated, toy_run, tmp_path_factory):
+  workdir, workdirs = generated
+  protocol = toy_protocol()
+  config = toy_config(methods="fi-uap,opom-convex")
+  rows = runner.evaluate_all(config, workdirs, workdir, protocol=protocol)
+  assert len(rows) == 2
+  row = next(r for r in rows if r["method"] == "fi-uap")
+  assert {k: row[k] for k in ("epsilon", "steps", "step_size", "momentum", "dropout", "seed", "group_size",
+                              "num_identities", "dataset", "frame", "lower")} == dict(
+      epsilon=8.0, steps=2, step_size=1.0, momentum=1.0, dropout=0.1, seed=0, group_size=2, num_identities=4,
+      dataset="synthetic", frame="arcface128", lower=None)
+  with open(workdir / "results.csv") as f:
+    assert float(next(r for r in csv.DictReader(f) if r["method"] == "fi-uap")["epsilon"]) == 8.0
+  # FI-UAP with ε = 4 in another workdir, evaluated into the same results: two FI-UAP rows.
+  other = tmp_path_factory.mktemp("eps4")
+  config4 = toy_config(methods="fi-uap", epsilon=4.0)
+  workdirs4 = runner.generate_all(config4, other, protocol=protocol)
+  runner.evaluate_all(config4, workdirs4, workdir, protocol=protocol)
+  stored = reports.read_results(workdir)
+  assert sorted((r["method"], r["epsilon"]) for r in stored) == [
+      ("fi-uap", 4.0), ("fi-uap", 8.0), ("opom-convex", 8.0)]
+  table = (workdir / "results.md").read_text()
+  assert "| fi-uap (dlib_resnet+mdfa, ε=4.0)" in table and "| fi-uap (dlib_resnet+mdfa, ε=8.0)" in table
+
+
+def test_evaluation_refuses_masks_of_other_settings(generated, toy_run):
+  workdir, workdirs = generated
+  with pytest.raises(settings.SettingsMismatchError, match="epsilon: 8.0 in the masks, 4.0 now"):
+    runner.evaluate_all(toy_config(methods="fi-uap,opom-convex", epsilon=4.0), workdirs, workdir,
+                        protocol=toy_protocol())
+  assert not (workdir / "results.json").exists()
+
+
+def test_merge_rows_keeps_rows_of_other_settings():
+  rows = [dict(r, epsilon=8.0, settings_id="a") for r in _rows()]
+  other = [dict(r, epsilon=4.0, settings_id="b", top1=0.1) for r in _rows()]
+  merged = reports.merge_rows(rows, other)
+  assert len(merged) == 2 * len(rows)
+  again = reports.merge_rows(merged, [dict(other[0], top1=0.2)])
+  assert len(again) == len(merged) and sum(r["top1"] == 0.2 for r in again) == 1
+  labels = reports.row_labels(merged)
+  assert len(set(labels)) == 4 and "fi-uap (dlib_resnet, ε=4.0)" in labels
+
+
+# ------------------------------------------------------------------------------------------------------
+# Config validation: every field is checked before anything is loaded.
+# ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides,error,fragment", [
+    (dict(methods="fi-uap,bogus"), ValueError, "config.methods"),
+    (dict(methods=""), ValueError, "config.methods"),
+    (dict(surrogate="nope"), ValueError, "config.surrogate: unknown model 'nope'"),
+    (dict(surrogate="/no/such/model.onnx"), FileNotFoundError, "config.surrogate: no ONNX file"),
+    (dict(targets="dlib_resnet,nope"), ValueError, "config.targets: unknown model 'nope'"),
+    (dict(targets="/no/such/model.onnx"), FileNotFoundError, "config.targets: no ONNX file"),
+    (dict(targets=" , "), ValueError, "config.targets is empty"),
+    (dict(epsilon=300.0), ValueError, "config.allow_large_epsilon=True"),
+    (dict(epsilon=0.0), ValueError, "config.epsilon"),
+    (dict(epsilon=float("nan")), ValueError, "config.epsilon"),
+    (dict(steps=0), ValueError, "config.steps"),
+    (dict(step_size=-1.0), ValueError, "config.step_size"),
+    (dict(group_size=0), ValueError, "config.group_size"),
+    (dict(eval_batch_size=0), ValueError, "config.eval_batch_size"),
+    (dict(momentum=-0.5), ValueError, "config.momentum"),
+    (dict(dropout=1.0), ValueError, "config.dropout"),
+    (dict(seed=-1), ValueError, "config.seed"),
+    (dict(parallel="gpu"), ValueError, "config.parallel"),
+    (dict(methods="opom-convex", lower=0.9, upper=0.1), ValueError, "config.lower"),
+    (dict(methods="opom-convex", solver="cvx"), ValueError, "config.solver"),
+    (dict(dataset__name="nope"), ValueError, "config.dataset.name"),
+    (dict(dataset__num_identities=-1), ValueError, "config.dataset.num_identities"),
+    (dict(dataset__name="privacy_lfw", dataset__lfw_dir="/no/such/lfw"), FileNotFoundError,
+     "config.dataset.lfw_dir"),
+])
+def test_bad_config_fields_are_named(tmp_path, overrides, error, fragment):
+  with pytest.raises(error, match=re.escape(fragment)):
+    validate.check_config(toy_config(**overrides), tmp_path)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_large_epsilon_needs_the_override_and_passes_it_on(tmp_path, toy_run, monkeypatch, allow):
+  import opomjax
+
+  seen = []
+
+  def generate_masks(embed, images, **kwargs):  # records the arguments; no ascent
+    seen.append(kwargs)
+    return np.zeros((images.shape[0],) + images.shape[2:], np.float32)
+
+  monkeypatch.setattr(opomjax, "generate_masks", generate_masks)
+  config = toy_config(epsilon=40.0, allow_large_epsilon=allow)
+  if not allow:
+    with pytest.raises(ValueError, match="config.epsilon=40 exceeds 32"):
+      runner.generate_all(config, tmp_path, protocol=toy_protocol())
+    assert not seen
+    return
+  runner.generate_all(config, tmp_path, protocol=toy_protocol())
+  assert [(kw["epsilon"], kw["allow_large_epsilon"]) for kw in seen] == [(40.0, True), (40.0, True)]
+
+
+def test_unwritable_workdir_is_refused_before_the_surrogate_loads(tmp_path, toy_run):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(ValueError, match=re.escape(f"--workdir={blocker / 'run'} cannot be written")):
+    runner.generate_all(toy_config(), blocker / "run", protocol=toy_protocol())
+  with pytest.raises(ValueError, match="config.targets"):
+    runner.run_all(toy_config(targets="nope"), tmp_path / "run", protocol=toy_protocol())
+  assert toy_run == {"load_surrogate": 0, "generate_masks": 0}
+  assert not (tmp_path / "run").exists()
+
+
+def test_download_flag_reaches_the_data_loader(monkeypatch):
+  from opomjax import data
+
+  seen = {}
+  monkeypatch.setattr(data, "load_protocol", lambda name, **kwargs: seen.update(kwargs, name=name))
+  config = toy_config(dataset__name="privacy_lfw", dataset__download=True)
+  runner.load_protocol(config.dataset)
+  assert seen["name"] == "privacy_lfw" and seen["download"] is True and seen["num_identities"] == NUM_TOY_IDS
+  runner.load_protocol(toy_config(dataset__name="privacy_lfw").dataset)
+  assert seen["download"] is False
+
+
+def test_onnx_target_cache_key_follows_the_file_content(tmp_path):
+  from opomjax import frame
+  from opomjax.models import base
+
+  target = base.BlackBoxTarget("model", lambda x: x, frame.ARCFACE_112, 2)
+  path = tmp_path / "model.onnx"
+  path.write_bytes(b"first model")
+  first = runner.target_cache_key(str(path), target)
+  path.write_bytes(b"second model")
+  os.utime(path, ns=(1, 1))  # a different mtime too, as a real rewrite would have
+  assert runner.target_cache_key(str(path), target) != first
+  assert runner.target_cache_key("sface_onnx", target) == runner.target_cache_key("sface_onnx", target)
+
+
+def test_every_shipped_config_loads_and_passes_validation(tmp_path):
+  import importlib
+
+  configs = sorted(p.stem for p in (pathlib.Path(common.__file__).parent).glob("*.py")
+                   if p.stem not in ("__init__", "common"))
+  assert "default" in configs and "opom_convex" in configs
+  for name in configs:
+    module = importlib.import_module(f"experiments.configs.{name}")
+    for variant in ("dlib", "sface_mdfa_full"):
+      config = module.get_config(variant)
+      config.dataset.name = "synthetic"  # no data set needed here
+      validate.check_config(config, tmp_path)
+      assert settings.generation_settings(config, validate.method_names(config)[0])["dataset"] == "synthetic"

@@ -32,7 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.dropout = 0.0  # DFANet dropout rate (Eq. 15); 0 disables it
   config.lower = 0.0  # reduced convex hull bounds (opom-convex)
   config.upper = 1.0
+  config.warmup_center_steps = 5  # opom-convex: class-centre steps before the hull (the official --nter)
+  config.solver = "osqp"  # opom-convex: QP solver of the hull coefficients ("osqp" or "fista")
   config.seed = 0
+  config.allow_large_epsilon = False  # epsilon above 32 (0-255 units) is refused unless this is True
+  config.allow_random_weights = False  # surrogates/targets without real weights are refused unless True
   config.group_size = 8  # identities vmapped together
   config.parallel = "none"  # or "pmap" / "shard_map": spread each group over the local devices
   config.eval_batch_size = 64
@@ -44,7 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "privacy_lfw"
-  config.dataset.lfw_dir = ""  # default: $OPOMJAX_LFW_DIR
+  config.dataset.lfw_dir = ""  # default: $OPOMJAX_LFW_DIR, else ../shared/datasets/lfw-deepfunneled
+  config.dataset.download = False  # True: download LFW when it is not found (never without asking)
   config.dataset.data_dir = ""  # prepared chips; default: $OPOMJAX_DATA_DIR or ~/.cache/opomjax
   config.dataset.num_identities = 10  # 0: all 62 Privacy-LFW identities
   config.dataset.images_per_split = 2  # synthetic data set only

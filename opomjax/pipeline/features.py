@@ -56,21 +56,29 @@ def fingerprint(images) -> str:
 
 
 def model_fingerprint(model) -> str:
-  """A short hash of what makes a model's features: its name, input frame and (for JAX models) weights.
+  """A short hash of what makes a model's features: its name, input frame, (for JAX models) weights and the
+  library version (whose code computes them).
 
-  Part of the cache key, so that changing a model's geometry or weights never serves stale features.
+  Part of the cache key, so that changing a model's geometry or weights never serves stale features. A
+  black-box target has no weights here; the runner adds its file's hash for targets named by path.
   """
   import jax
 
+  from opomjax import __version__
+
   h = hashlib.blake2b(digest_size=8)
-  h.update(repr((model.name, model.input_frame, getattr(model, "embedding_size", None))).encode())
+  h.update(repr((model.name, model.input_frame, getattr(model, "embedding_size", None), __version__)).encode())
   for leaf in jax.tree_util.tree_leaves(getattr(model, "params", None)):
     h.update(memoryview(np.ascontiguousarray(leaf)).cast("B"))
   return h.hexdigest()
 
 
 class FeatureCache:
-  """Clean features on disk under ``root``, keyed by model name and the images' content hash."""
+  """Clean features on disk under ``root``, keyed by a model key and the images' content hash.
+
+  The model key must name everything besides the images that the features depend on (the runner's is the
+  target's name, :func:`model_fingerprint` and, for an ``.onnx`` path, the file's hash).
+  """
 
   def __init__(self, root: str | os.PathLike):
     self.root = pathlib.Path(root)

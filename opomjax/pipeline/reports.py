@@ -14,16 +14,24 @@ import numpy as np
 
 from opomjax.pipeline import masks as masks_lib
 
-#: Columns of every results row (rates are fractions in [0, 1]).
-RESULT_KEYS = (
-    "method", "surrogate", "target", "top1", "top5", "top10",
-    "clean_top1", "clean_top5", "cos_before", "cos_after", "seconds",
+#: What a results row measured (rates are fractions in [0, 1]); every row has these.
+METRIC_KEYS = ("top1", "top5", "top10", "clean_top1", "clean_top5", "cos_before", "cos_after", "seconds")
+
+#: The settings the row's masks were made with (None where a setting does not apply to the method, e.g. the hull
+#: bounds outside OPOM-ConvexHull); ``settings_id`` is a hash of all of them. Rows written before these columns
+#: existed lack them.
+SETTING_KEYS = (
+    "dataset", "num_identities", "frame", "epsilon", "step_size", "steps", "momentum", "dropout", "seed",
+    "group_size", "lower", "upper", "warmup_center_steps", "solver", "settings_id",
 )
+
+#: Columns of the results files, in order.
+RESULT_KEYS = ("method", "surrogate", "target") + SETTING_KEYS + METRIC_KEYS
 
 
 def validate_rows(rows: list[dict]) -> None:
   for i, row in enumerate(rows):
-    missing = [k for k in RESULT_KEYS if k not in row]
+    missing = [k for k in ("method", "surrogate", "target") + METRIC_KEYS if k not in row]
     if missing:
       raise ValueError(f"results row {i} lacks {missing}")
 
@@ -35,7 +43,7 @@ def write_results(rows: list[dict], workdir: str | os.PathLike) -> dict[str, pat
   paths = {k: workdir / f"results.{k}" for k in ("json", "csv", "md")}
   masks_lib.atomic_write_bytes(paths["json"], json.dumps(rows, indent=2).encode())
   buf = io.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=list(RESULT_KEYS), extrasaction="ignore", lineterminator="\n")
+  writer = csv.DictWriter(buf, fieldnames=list(RESULT_KEYS), extrasaction="ignore", restval="", lineterminator="\n")
   writer.writeheader()
   writer.writerows(rows)
   masks_lib.atomic_write_bytes(paths["csv"], buf.getvalue().encode())
@@ -48,16 +56,38 @@ def read_results(workdir: str | os.PathLike) -> list[dict]:
   return json.loads(path.read_text()) if path.is_file() else []
 
 
+def row_key(row: dict) -> tuple:
+  """What makes two rows the same measurement: method, surrogate, target and the masks' settings."""
+  return (row["method"], row["surrogate"], row["target"], row.get("settings_id"))
+
+
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
-  """``old`` with the rows of ``new`` replacing those of the same (method, surrogate, target)."""
-  key = lambda r: (r["method"], r["surrogate"], r["target"])
-  merged = {key(r): r for r in old}
-  merged.update({key(r): r for r in new})
+  """``old`` with the rows of ``new`` replacing those of the same :func:`row_key`; rows of other settings stay."""
+  merged = {row_key(r): r for r in old}
+  merged.update({row_key(r): r for r in new})
   return list(merged.values())
 
 
-def row_label(row: dict) -> str:
-  return f"{row['method']} ({row['surrogate']})"
+def row_label(row: dict, shown: tuple[str, ...] = ()) -> str:
+  """``method (surrogate)``, followed by the settings named in ``shown``, e.g. ``fi-uap (dlib_resnet, ε=4.0)``."""
+  names = {"epsilon": "ε", "settings_id": "settings"}
+  extra = "".join(f", {names.get(k, k)}={row.get(k, '?')}" for k in shown)
+  return f"{row['method']} ({row['surrogate']}{extra})"
+
+
+def row_labels(rows: list[dict]) -> list[str]:
+  """One label per row: rows of one (method, surrogate) made with different settings are told apart by the
+  settings they differ in (or by their settings id when only unlisted settings differ)."""
+  by_name: dict[tuple, list[dict]] = {}
+  for r in rows:
+    by_name.setdefault((r["method"], r["surrogate"]), []).append(r)
+  shown = {}
+  for name, group in by_name.items():
+    differing = tuple(k for k in SETTING_KEYS[:-1] if len({repr(r.get(k)) for r in group}) > 1)
+    if not differing and len({r.get("settings_id") for r in group}) > 1:
+      differing = ("settings_id",)
+    shown[name] = differing
+  return [row_label(r, shown[(r["method"], r["surrogate"])]) for r in rows]
 
 
 def is_white_box(surrogate: str, target: str) -> bool:
@@ -67,14 +97,20 @@ def is_white_box(surrogate: str, target: str) -> bool:
   return model == target or model == target.removesuffix("_onnx")
 
 
+def _percent(rate) -> str:
+  """A rate as a percentage with one decimal; "–" for a rank the gallery was too small to measure."""
+  return "–" if rate is None else f"{100 * rate:.1f}"
+
+
 def markdown_table(rows: list[dict]) -> str:
   """Paper-style table: one row per (method, surrogate), one column per target, "Top-1 / Top-5" in percent.
 
   The surrogate's own column is white-box; the others are black-box. Last column: wall time of the method.
   """
   targets = list(dict.fromkeys(r["target"] for r in rows))
-  labels = list(dict.fromkeys(row_label(r) for r in rows))
-  cell = {(row_label(r), r["target"]): r for r in rows}
+  row_names = row_labels(rows)
+  labels = list(dict.fromkeys(row_names))
+  cell = {(label, r["target"]): r for label, r in zip(row_names, rows)}
   head = "| Method (surrogate) | " + " | ".join(f"{t} Top-1 / Top-5" for t in targets) + " | seconds |"
   lines = [head, "|" + "---|" * (len(targets) + 2)]
   for label in labels:
@@ -85,13 +121,13 @@ def markdown_table(rows: list[dict]) -> str:
         cells.append("–")
         continue
       box = "wb" if is_white_box(r["surrogate"], t) else "bb"
-      cells.append(f"{100 * r['top1']:.1f} / {100 * r['top5']:.1f} ({box})")
+      cells.append(f"{_percent(r['top1'])} / {_percent(r['top5'])} ({box})")
       seconds = r["seconds"]
     lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds:.0f} |")
   clean = {r["target"]: r for r in rows}
   lines.append(
       "| *clean accuracy* | "
-      + " | ".join(f"{100 * clean[t]['clean_top1']:.1f} / {100 * clean[t]['clean_top5']:.1f}" for t in targets)
+      + " | ".join(f"{_percent(clean[t]['clean_top1'])} / {_percent(clean[t]['clean_top5'])}" for t in targets)
       + " | |"
   )
   return "\n".join(lines) + "\n"
@@ -105,8 +141,9 @@ def bar_chart(rows: list[dict], path: str | os.PathLike, metric: str = "top1") -
   import matplotlib.pyplot as plt
 
   targets = list(dict.fromkeys(r["target"] for r in rows))
-  labels = list(dict.fromkeys(row_label(r) for r in rows))
-  cell = {(row_label(r), r["target"]): r[metric] for r in rows}
+  row_names = row_labels(rows)
+  labels = list(dict.fromkeys(row_names))
+  cell = {(label, r["target"]): r[metric] for label, r in zip(row_names, rows)}
   width = 0.8 / max(len(targets), 1)
   fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels)), 4))
   x = np.arange(len(labels))

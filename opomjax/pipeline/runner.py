@@ -13,6 +13,11 @@ Identities are processed in fixed groups of ``config.group_size`` (vmapped, and 
 with ``config.parallel``); group ``g`` uses the key ``fold_in(PRNGKey(seed), g)``, so a mask does not depend on
 how often a run was interrupted. On several hosts, group ``g`` belongs to process ``g % process_count``.
 A group whose masks all exist is skipped, which is what makes a killed run resumable.
+
+Every mask records the settings it was made with (:mod:`opomjax.pipeline.settings`); a rerun whose settings
+differ is refused before any work, instead of passing the old masks off as its own. The config is checked
+first (:mod:`opomjax.pipeline.validate`), then the masks already on disk, then the surrogate and the data
+are loaded; only then does the first group start.
 """
 
 from __future__ import annotations
@@ -31,14 +36,18 @@ from tqdm import tqdm
 
 import opomjax
 from opomjax import frame as frame_lib
+from opomjax.models import checkpoints
 from opomjax.pipeline import features as features_lib
 from opomjax.pipeline import masks as masks_lib
 from opomjax.pipeline import reports
+from opomjax.pipeline import settings as settings_lib
+from opomjax.pipeline import validate
 
 log = logging.getLogger("opomjax")
 
 #: Method names accepted in configs, in the order the paper's tables list them.
-METHODS = ("fi-uap", "fi-uap+", "fi-uap-all", "gd-uap", "opom-affine", "opom-center", "opom-convex")
+METHODS = validate.METHODS
+method_names = validate.method_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +61,7 @@ class SyntheticProtocol:
   frame_name: str = frame_lib.CANONICAL.name
 
 
-def synthetic_protocol(num_identities: int, images_per_split: int = 2, num_distractors: int = 8, seed: int = 0):
+def synthetic_protocol(num_identities: int, images_per_split: int = 2, num_distractors: int = 16, seed: int = 0):
   rng = np.random.default_rng(seed)
   h, w = frame_lib.CANONICAL.size
   draw = lambda *shape: rng.integers(0, 256, shape + (h, w, 3), dtype=np.uint8)
@@ -76,15 +85,8 @@ def load_protocol(dataset_config):
   for field in ("lfw_dir", "data_dir", "root"):
     if dataset_config.get(field):
       kwargs[field] = dataset_config.get(field)
-  return data.load_protocol(name, num_identities=num, **kwargs)
-
-
-def method_names(config) -> list[str]:
-  names = [m.strip() for m in str(config.methods).split(",") if m.strip()]
-  unknown = [m for m in names if m not in METHODS]
-  if unknown or not names:
-    raise ValueError(f"config.methods has unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-  return names
+  return data.load_protocol(name, num_identities=num, download=bool(dataset_config.get("download", False)),
+                            **kwargs)
 
 
 def uses_mdfa(config) -> bool:
@@ -118,54 +120,91 @@ def surrogate_fns(model, config):
   return model.apply, activations
 
 
+def load_surrogate(config):
+  """The config's surrogate (random weights only with ``config.allow_random_weights``)."""
+  return opomjax.load_model(config.surrogate, allow_random_weights=bool(config.get("allow_random_weights", False)))
+
+
+def expected_settings(config, protocol, method: str, group: int, indices, surrogate_fingerprint=None) -> dict:
+  """The settings record of the masks of group ``group`` (config settings + data settings)."""
+  return {**settings_lib.generation_settings(config, method),
+          **settings_lib.group_settings(protocol, group, indices, surrogate_fingerprint)}
+
+
+def reusable_mask(path: pathlib.Path, identity: str, expected: dict) -> bool:
+  """Whether a finished mask of ``identity`` with the ``expected`` settings is at ``path``.
+
+  False when there is no readable file (it is made again); SettingsMismatchError when there is one made with
+  other settings, MaskFileError when it is another identity's.
+  """
+  try:
+    _, meta = masks_lib.load_mask(path)
+  except (FileNotFoundError, masks_lib.MaskFileError):
+    return False
+  if meta.get("identity", identity) != identity:
+    raise masks_lib.MaskFileError(f"mask file {path} belongs to identity {meta['identity']!r}, not {identity!r}; "
+                                  "delete it to make the mask again")
+  settings_lib.check_metadata(meta, expected, path.parent)
+  return True
+
+
 def generate(config, protocol, model, workdir, *, method: str, show_progress: bool = True) -> dict:
-  """Generates the masks of ``method`` this process owns that are not on disk yet; returns a summary."""
+  """Generates the masks of ``method`` this process owns that are not on disk yet; returns a summary.
+
+  Masks already on disk are first checked against this run's settings (all of them, before the first group
+  starts): reused when equal, refused with :class:`~opomjax.pipeline.settings.SettingsMismatchError`
+  otherwise. Progress is shown per group; an interrupted run keeps every finished group's masks (each file is
+  written atomically), and rerunning it resumes.
+  """
   workdir = pathlib.Path(workdir)
   names = list(protocol.names)
   k = len(names)
-  group_size = k if method == "fi-uap-all" else int(config.group_size)
+  group_size = settings_lib.effective_group_size(config, method, k)
   groups = groups_of_process(identity_groups(k, group_size), jax.process_index(), jax.process_count())
   apply_fn, activations_fn = surrogate_fns(model, config)
+  options = settings_lib.mask_options(config, method)
+  surrogate_fingerprint = features_lib.model_fingerprint(model)
   metadata = dict(
       frame=protocol.frame_name, epsilon=float(config.epsilon), method=method, surrogate=config.surrogate,
       steps=int(config.steps), seed=int(config.seed), step_size=float(config.step_size),
       momentum=float(config.momentum or 0.0), dropout=float(config.dropout),
-      lower=float(config.lower), upper=float(config.upper), group_size=group_size,
+      lower=float(config.lower), upper=float(config.upper), group_size=group_size, num_identities=k,
   )
+  plan = []  # (group, indices, pending indices, settings) -- every existing mask checked before any work
+  for g, idx in groups:
+    expected = expected_settings(config, protocol, method, g, idx, surrogate_fingerprint)
+    pending = [i for i in idx if not reusable_mask(masks_lib.mask_path(workdir, names[i]), names[i], expected)]
+    plan.append((g, idx, pending, expected))
   mine = sum(len(idx) for _, idx in groups)
-  done = sum(masks_lib.is_complete(masks_lib.mask_path(workdir, names[i])) for _, idx in groups for i in idx)
-  bar = tqdm(total=mine, initial=done, desc=f"{method} masks", unit="id", disable=not show_progress)
+  done = mine - sum(len(pending) for _, _, pending, _ in plan)
   timing_path = workdir / f"generation.{jax.process_index()}.json"
   start, generated = time.time(), 0
   counted = start
-  for g, idx in groups:
-    pending = [i for i in idx if not masks_lib.is_complete(masks_lib.mask_path(workdir, names[i]))]
-    if not pending:
-      continue
-    masks = opomjax.generate_masks(
-        apply_fn,
-        jnp.asarray(protocol.train[idx], jnp.float32),
-        params=model.params,
-        dfanet=config.dropout > 0,
-        method=method,
-        key=jax.random.fold_in(jax.random.PRNGKey(config.seed), g),
-        epsilon=float(config.epsilon),
-        step_size=float(config.step_size),
-        steps=int(config.steps),
-        momentum=float(config.momentum) if config.momentum else None,
-        lower=float(config.lower),
-        upper=float(config.upper),
-        activations_fn=activations_fn if method == "gd-uap" else None,
-        parallel=None if config.parallel in ("", "none", None) else config.parallel,
-    )
-    masks = np.asarray(masks)
-    for row, i in enumerate(idx):
-      if i in pending:
-        masks_lib.save_mask(masks_lib.mask_path(workdir, names[i]), masks[row], {**metadata, "group": g, "process_index": jax.process_index()})
-    counted = add_generation_seconds(timing_path, counted)
-    generated += len(pending)
-    bar.update(len(pending))
-  bar.close()
+  # A context manager: an interrupted run's bar still ends its line, so the launcher's message has its own.
+  with tqdm(total=mine, initial=done, desc=f"{method} masks", unit="id", disable=not show_progress) as bar:
+    for g, idx, pending, expected in plan:
+      if not pending:
+        continue
+      masks = opomjax.generate_masks(
+          apply_fn,
+          jnp.asarray(protocol.train[idx], jnp.float32),
+          params=model.params,
+          key=jax.random.fold_in(jax.random.PRNGKey(config.seed), g),
+          activations_fn=activations_fn if method == "gd-uap" else None,
+          parallel=None if config.parallel in ("", "none", None) else config.parallel,
+          allow_large_epsilon=bool(config.get("allow_large_epsilon", False)),
+          **options,
+      )
+      masks = np.asarray(masks)
+      for row, i in enumerate(idx):
+        if i in pending:
+          masks_lib.save_mask(masks_lib.mask_path(workdir, names[i]), masks[row], {
+              **metadata, "identity": names[i], "settings": expected, "group": g,
+              "process_index": jax.process_index()})
+      counted = add_generation_seconds(timing_path, counted)
+      generated += len(pending)
+      bar.update(len(pending))
+      log.info("%s: group %d done (%d masks) in %s", method, g, len(pending), workdir / "masks")
   return {"method": method, "generated": generated, "skipped": mine - generated, "seconds": time.time() - start}
 
 
@@ -187,10 +226,37 @@ def generation_seconds(workdir) -> float:
 
 
 def load_masks(workdir, names) -> np.ndarray:
+  """The masks of ``names`` in ``workdir``, each checked to be its identity's."""
   missing = [n for n in names if not masks_lib.mask_path(workdir, n).is_file()]
   if missing:
-    raise FileNotFoundError(f"{len(missing)} mask(s) missing under {workdir}/masks, e.g. {missing[:3]}")
-  return np.stack([masks_lib.load_mask(masks_lib.mask_path(workdir, n))[0] for n in names])
+    raise FileNotFoundError(f"{len(missing)} mask(s) missing under {workdir}/masks, e.g. {missing[:3]}; "
+                            "generate them first (experiments.generate with the same config and --workdir)")
+  return np.stack([masks_lib.load_identity_mask(workdir, n)[0] for n in names])
+
+
+def check_masks_for_evaluation(config, protocol, workdirs: dict) -> None:
+  """Every mask to be evaluated exists, is its identity's and was made with the config's settings."""
+  names = list(protocol.names)
+  for method, workdir in workdirs.items():
+    group_size = settings_lib.effective_group_size(config, method, len(names))
+    for g, idx in enumerate(identity_groups(len(names), group_size)):
+      expected = expected_settings(config, protocol, method, g, idx)
+      for i in idx:
+        path = masks_lib.mask_path(workdir, names[i])
+        if not path.is_file():
+          raise FileNotFoundError(f"no mask of {names[i]!r} under {pathlib.Path(workdir) / 'masks'}; generate the "
+                                  "masks first (experiments.generate with the same config and --workdir)")
+        if not reusable_mask(path, names[i], expected):
+          raise masks_lib.MaskFileError(f"unreadable mask file {path}; delete it and generate it again")
+
+
+def row_settings(config, protocol, method: str) -> dict:
+  """The settings columns of ``method``'s results rows (see ``reports.SETTING_KEYS``)."""
+  settings = {**settings_lib.generation_settings(config, method), "num_identities": len(protocol.names),
+              "frame": str(protocol.frame_name)}
+  row = {key: settings.get(key) for key in reports.SETTING_KEYS if key != "settings_id"}
+  row["settings_id"] = settings_lib.settings_id(settings)
+  return row
 
 
 def target_embed(target):
@@ -208,22 +274,38 @@ def mean_pair_cosine(probe: np.ndarray, gallery: np.ndarray) -> float:
   return float(sims[:, ~np.eye(m, dtype=bool)].mean())
 
 
+def target_cache_key(name: str, target) -> str:
+  """The feature-cache key of a target: its name, its fingerprint and, for an ``.onnx`` path, the file's hash.
+
+  Registered targets are sha256-checked against the registry, so their name fixes their weights; an ONNX
+  file named by path can change under the same name, so its content is part of the key.
+  """
+  key = f"{name}-{features_lib.model_fingerprint(target)}"
+  if name.endswith(".onnx"):
+    key += "-" + checkpoints.sha256_file(name)[:16]
+  return key
+
+
 def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache, *, show_progress=True) -> list:
-  """Protection success rates of the masks in each ``workdirs[method]`` against every target in the config."""
+  """Protection success rates of the masks in each ``workdirs[method]`` against every target in the config.
+
+  Each row carries the settings the masks were made with (``reports.SETTING_KEYS``).
+  """
   rows = []
   k, m = protocol.test.shape[:2]
   flat_test = protocol.test.reshape((k * m,) + protocol.test.shape[2:])
-  ks = (1, 5, 10)
-  for target_name in [t.strip() for t in str(config.targets).split(",") if t.strip()]:
+  ks = tuple(t for t in (1, 5, 10) if t <= len(protocol.distractors) + 1)  # no rank beyond the gallery
+  allow_random = bool(config.get("allow_random_weights", False))
+  for target_name in validate.split_names(config.targets):
     try:
-      target = opomjax.load_target(target_name)
+      target = opomjax.load_target(target_name, allow_random_weights=allow_random)
     except (FileNotFoundError, ImportError) as e:
       log.warning("skipping target %s: %s", target_name, e)
       continue
     embed = target_embed(target)
     batch = int(config.eval_batch_size)
     desc = (lambda what: f"{target_name} {what}") if show_progress else (lambda what: None)
-    cache_key = f"{target_name}-{features_lib.model_fingerprint(target)}"
+    cache_key = target_cache_key(target_name, target)
     clean = cache.get_or_compute(cache_key, flat_test, lambda x: features_lib.embed_in_batches(
         embed, x, batch_size=batch, desc=desc("clean test")))
     distractors = cache.get_or_compute(cache_key, protocol.distractors, lambda x: features_lib.embed_in_batches(
@@ -238,8 +320,10 @@ def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache,
       rows.append(dict(
           method=method, surrogate=config.surrogate + ("+mdfa" if uses_mdfa(config) else ""),
           target=target_name,
-          top1=float(rates[1]), top5=float(rates[5]), top10=float(rates[10]),
-          clean_top1=1.0 - float(clean_rates[1]), clean_top5=1.0 - float(clean_rates[5]),
+          **row_settings(config, protocol, method),
+          **{f"top{t}": float(rates[t]) if t in rates else None for t in (1, 5, 10)},
+          clean_top1=1.0 - float(clean_rates[1]),
+          clean_top5=1.0 - float(clean_rates[5]) if 5 in clean_rates else None,
           cos_before=mean_pair_cosine(clean, clean), cos_after=mean_pair_cosine(masked, clean),
           seconds=generation_seconds(workdir),
       ))
@@ -271,24 +355,56 @@ def method_workdirs(config, workdir) -> dict:
   return {method: pathlib.Path(workdir) / run_name(method, config) for method in method_names(config)}
 
 
+def prepare_generation(config, workdir) -> dict:
+  """Everything a generation checks before its first expensive step; returns {method: its workdir}.
+
+  The config's fields and the workdir (:func:`validate.check_config`), then the masks already on disk
+  against the config's settings (:func:`settings.check_workdir`).
+  """
+  validate.check_config(config, workdir)
+  workdirs = method_workdirs(config, workdir)
+  settings_lib.check_workdir(config, workdirs)
+  return workdirs
+
+
 def generate_all(config, workdir, *, protocol=None) -> dict:
   """Generates every method in ``config.methods``; returns {method: its workdir}."""
+  workdirs = prepare_generation(config, workdir)
+  generate_methods(config, workdirs, protocol=protocol)
+  return workdirs
+
+
+def generate_methods(config, workdirs: dict, *, protocol=None):
+  """Generates the masks of each ``workdirs[method]`` (checked by :func:`prepare_generation`); returns the data.
+
+  Order: the surrogate, the data (unless given), the data's checks, the settings of every mask on disk (in
+  :func:`generate`) -- and only then the first group.
+  """
   initialize_distributed(config)
-  workdirs = method_workdirs(config, workdir)
+  model = load_surrogate(config)
   protocol = protocol or load_protocol(config.dataset)
-  model = opomjax.load_model(config.surrogate)
+  validate.check_reduced_hull(config, list(workdirs), protocol.train.shape[1])
   for method, wd in workdirs.items():
     summary = generate(config, protocol, model, wd, method=method, show_progress=jax.process_index() == 0)
     log.info("process %d: %s", jax.process_index(), summary)
   barrier("opomjax-generate")
-  return workdirs
+  return protocol
 
 
-def evaluate_all(config, workdirs: dict, results_dir, *, protocol=None) -> list:
-  """Evaluates and writes/merges the result tables in ``results_dir`` (process 0 only)."""
+def evaluate_all(config, workdirs: dict, results_dir, *, protocol=None, checked: bool = False) -> list:
+  """Evaluates and writes/merges the result tables in ``results_dir`` (process 0 only).
+
+  Unless ``checked`` (the caller validated the config already), the config and ``results_dir`` are checked
+  first; the masks are always checked (present, their identity's, made with the config's settings) before the
+  first target is loaded.
+  """
+  if not checked:
+    validate.check_config(config, results_dir)
+    settings_lib.check_workdir(config, workdirs)  # the config settings, before the data is loaded
   if jax.process_index() != 0:
     return []
   protocol = protocol or load_protocol(config.dataset)
+  check_masks_for_evaluation(config, protocol, workdirs)
   cache = features_lib.FeatureCache(config.get("feature_cache") or pathlib.Path(results_dir) / "features")
   rows = evaluate(config, protocol, workdirs, cache)
   rows = reports.merge_rows(reports.read_results(results_dir), rows)
@@ -301,9 +417,8 @@ def evaluate_all(config, workdirs: dict, results_dir, *, protocol=None) -> list:
   return rows
 
 
-def run_all(config, workdir) -> list:
+def run_all(config, workdir, *, protocol=None) -> list:
   """``generate_all`` (one sub-folder per method) then ``evaluate_all`` into ``workdir``."""
-  initialize_distributed(config)
-  protocol = load_protocol(config.dataset)
-  workdirs = generate_all(config, workdir, protocol=protocol)
-  return evaluate_all(config, workdirs, workdir, protocol=protocol)
+  workdirs = prepare_generation(config, workdir)
+  protocol = generate_methods(config, workdirs, protocol=protocol)
+  return evaluate_all(config, workdirs, workdir, protocol=protocol, checked=True)

@@ -1,0 +1,148 @@
+"""What a workdir's masks were made with, and the check that refuses to pass them off as another run's.
+
+Every mask file the runner writes carries ``metadata["settings"]``, the union of
+
+* the **config settings** of its method (:func:`generation_settings`): every config field that changes the
+  mask — method, surrogate, ε, step size, steps, momentum, DFANet dropout, seed, group size, data set, and for
+  OPOM-ConvexHull the hull bounds, warm-up steps and QP solver. They are known before any data or model is
+  loaded, so a rerun with another ε is refused at once (:func:`check_workdir`);
+* the **data settings** of its identity's group (:func:`group_settings`): the frame, the group's index and size
+  and the content hash of its training photos (together with the seed they fix the group's random start), and
+  the surrogate's weights. They are checked once the data and the surrogate are loaded, still before any
+  mask is computed.
+
+A resumed run reuses a mask only when all of them are equal; otherwise it stops with one line naming the
+differing settings (:class:`SettingsMismatchError`). Settings that cannot change a mask (``parallel``, the
+number of processes, ``eval_batch_size``, ``targets``) are not part of the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+
+from opomjax.core import ascent
+from opomjax.files import MaskFileError, load_mask
+from opomjax.pipeline import features as features_lib
+
+#: Config fields only OPOM-ConvexHull reads (the other methods' masks do not depend on them).
+CONVEX_ONLY = ("lower", "upper", "warmup_center_steps", "solver")
+
+#: Plain-words names of the data settings, for the refusal message.
+_DESCRIPTIONS = {
+    "group_images": "the training photos of the identity's group differ: another data set or num_identities",
+    "group_members": "the identity's group has another size: another dataset.num_identities",
+    "surrogate_weights": "the surrogate's weights differ",
+}
+
+
+class SettingsMismatchError(ValueError):
+  """Masks on disk were made with settings other than the current run's."""
+
+
+def effective_group_size(config, method: str, num_identities: int | None = None):
+  """Identities per group: ``config.group_size``, or ``"all"`` for FI-UAP-all (one mask for everyone)."""
+  if method == "fi-uap-all":
+    return "all" if num_identities is None else int(num_identities)
+  return int(config.group_size)
+
+
+def mask_options(config, method: str) -> dict:
+  """The :func:`opomjax.generate_masks` arguments a config gives ``method`` (besides images, key, device set).
+
+  The one place that turns config fields into mask arguments, so that what is recorded is what is run.
+  """
+  options = dict(
+      method=method, epsilon=float(config.epsilon), step_size=float(config.step_size), steps=int(config.steps),
+      momentum=float(config.momentum) if config.momentum else None, dfanet=float(config.dropout) > 0)
+  if method == "opom-convex":
+    options.update(
+        lower=float(config.lower), upper=float(config.upper),
+        warmup_center_steps=int(config.get("warmup_center_steps", ascent.OFFICIAL_WARMUP_CENTER_STEPS)),
+        solver=str(config.get("solver", "osqp")))
+  return options
+
+
+def generation_settings(config, method: str) -> dict:
+  """The config settings of ``method``'s masks (JSON-ready; see the module docstring)."""
+  options = mask_options(config, method)
+  settings = dict(
+      method=method, surrogate=str(config.surrogate), epsilon=options["epsilon"],
+      step_size=options["step_size"], steps=options["steps"], momentum=float(config.momentum or 0.0),
+      dropout=float(config.dropout), seed=int(config.seed), group_size=effective_group_size(config, method),
+      dataset=str(config.dataset.name))
+  if config.dataset.name == "synthetic":
+    settings["images_per_split"] = int(config.dataset.get("images_per_split", 2))
+  settings.update({k: options[k] for k in CONVEX_ONLY if k in options})
+  return settings
+
+
+def group_settings(protocol, group: int, indices, surrogate_fingerprint: str | None = None) -> dict:
+  """The data settings shared by the masks of group ``group`` (identities ``indices`` of ``protocol``)."""
+  settings = dict(frame=str(protocol.frame_name), group=int(group), group_members=len(indices),
+                  group_images=features_lib.fingerprint(protocol.train[list(indices)]))
+  if surrogate_fingerprint is not None:
+    settings["surrogate_weights"] = surrogate_fingerprint
+  return settings
+
+
+def settings_id(settings: dict) -> str:
+  """A short hash of a settings dict (the same settings give the same id)."""
+  return hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=6).hexdigest()
+
+
+def _shown(value) -> str:
+  text = json.dumps(value)
+  return text if len(text) <= 24 else text[:12] + "..."
+
+
+def differences(expected: dict, recorded: dict) -> list[str]:
+  """``"key: RECORDED in the masks, EXPECTED now"`` for every key of ``expected`` that ``recorded`` differs in."""
+  missing = object()
+  found = []
+  for key, value in expected.items():
+    old = recorded.get(key, missing)
+    if old != value:
+      old_text = "not recorded" if old is missing else _shown(old)
+      note = f" ({_DESCRIPTIONS[key]})" if key in _DESCRIPTIONS else ""
+      found.append(f"{key}: {old_text} in the masks, {_shown(value)} now{note}")
+  return found
+
+
+def check_metadata(metadata: dict, expected: dict, masks_dir: str | os.PathLike) -> None:
+  """Raises :class:`SettingsMismatchError` unless ``metadata["settings"]`` agrees with ``expected``."""
+  recorded = metadata.get("settings")
+  advice = (f"rerun with a new --workdir, or delete {masks_dir} to make them again with the current settings")
+  if not isinstance(recorded, dict):
+    raise SettingsMismatchError(
+        f"the masks in {masks_dir} carry no settings record (written by an older opomjax), so they cannot be "
+        f"checked against this run's settings; {advice}")
+  found = differences(expected, recorded)
+  if found:
+    raise SettingsMismatchError(
+        f"the masks in {masks_dir} were made with other settings ({'; '.join(found)}); {advice}")
+
+
+def check_workdir(config, workdirs: dict) -> int:
+  """The config-settings check of every mask already in ``workdirs`` ({method: its workdir}).
+
+  Reads only the mask files (no data, no model); unreadable files are left to the runner, which makes them
+  again. Returns how many masks were checked.
+
+  Raises:
+    SettingsMismatchError: a mask was made with other config settings (or records none).
+  """
+  checked = 0
+  for method, workdir in workdirs.items():
+    expected = generation_settings(config, method)
+    masks_dir = pathlib.Path(workdir) / "masks"
+    for path in sorted(masks_dir.glob("*.npz")):
+      try:
+        _, metadata = load_mask(path, required=())
+      except (OSError, MaskFileError):
+        continue
+      check_metadata(metadata, expected, masks_dir)
+      checked += 1
+  return checked

@@ -1,0 +1,186 @@
+"""Checks of an experiment's config and arguments, run before the first expensive step.
+
+Every check raises ``ValueError`` (or ``FileNotFoundError`` for a missing file) with one line that names the
+offending config field or flag and says what to do; the launchers in ``experiments/`` print it as
+``error: ...`` and exit with a non-zero status. Pure: nothing is loaded, compiled or computed (only the workdir
+is created, to check that it can be written).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import tempfile
+
+from opomjax.core import ascent
+from opomjax.core import hulls
+from opomjax.models import registry
+
+#: Method names accepted in configs, in the order the paper's tables list them.
+METHODS = ("fi-uap", "fi-uap+", "fi-uap-all", "gd-uap", "opom-affine", "opom-center", "opom-convex")
+
+#: Largest ε (pixel units of [0, 255]) accepted without ``allow_large_epsilon``: the core's bound.
+MAX_EPSILON = float(getattr(ascent, "MAX_EPSILON", 32.0))
+
+#: ``config.parallel`` values (``""`` and ``"none"``: one device).
+PARALLEL_VALUES = ("", "none", "pmap", "shard_map")
+
+#: The data set that needs no data: random-noise identities.
+SYNTHETIC = "synthetic"
+
+
+def split_names(value) -> list[str]:
+  """``"a, b,,c"`` (or a list) -> ``["a", "b", "c"]``."""
+  items = value.split(",") if isinstance(value, str) else list(value or ())
+  return [str(item).strip() for item in items if str(item).strip()]
+
+
+def method_names(config) -> list[str]:
+  """The methods of ``config.methods``; ValueError for an unknown or missing one."""
+  names = split_names(config.methods)
+  unknown = [m for m in names if m not in METHODS]
+  if unknown or not names:
+    raise ValueError(f"config.methods has unknown method(s) {unknown or config.methods!r}; "
+                     f"choose from {', '.join(METHODS)}")
+  return names
+
+
+def check_number(value, name: str, *, positive: bool = False, minimum: float | None = None,
+                 below: float | None = None) -> float:
+  """``float(value)`` if it is a finite real number within the bounds; else ValueError naming ``name``."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    raise ValueError(f"{name} must be a finite number, got {value!r}")
+  if positive and value <= 0:
+    raise ValueError(f"{name} must be positive, got {value!r}")
+  if minimum is not None and value < minimum:
+    raise ValueError(f"{name} must be at least {minimum:g}, got {value!r}")
+  if below is not None and value >= below:
+    raise ValueError(f"{name} must be below {below:g}, got {value!r}")
+  return float(value)
+
+
+def check_integer(value, name: str, *, minimum: int = 1) -> int:
+  """``value`` if it is an integer >= ``minimum``; else ValueError naming ``name``."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  return value
+
+
+def check_epsilon(epsilon, name: str = "config.epsilon", *, allow_large: bool = False,
+                  override: str = "config.allow_large_epsilon=True", zero_ok: bool = False) -> float:
+  """ε in pixel units of [0, 255]: positive (or 0 with ``zero_ok``), finite, at most :data:`MAX_EPSILON`."""
+  epsilon = check_number(epsilon, name, minimum=0.0) if zero_ok else check_number(epsilon, name, positive=True)
+  if epsilon > MAX_EPSILON and not allow_large:
+    raise ValueError(f"{name}={epsilon:g} exceeds {MAX_EPSILON:g} (pixel units of [0, 255]; the paper uses 8): "
+                     f"such a mask visibly destroys the face; set {override} if that is meant")
+  return epsilon
+
+
+def check_model_name(name: str, what: str, *, allow_random_weights: bool = False, target: bool = False) -> None:
+  """A registry name (surrogate, or also a black-box target with ``target``) or an existing ``.onnx`` file.
+
+  A registered architecture without weights of its own is refused unless ``allow_random_weights``: a random
+  network would pass for a face model.
+  """
+  if name in registry.MODEL_BUILDERS:
+    has_weights = getattr(registry, "has_registered_weights", lambda _: True)
+    if not allow_random_weights and not has_weights(name):
+      raise ValueError(f"{what}: model {name!r} has no real weights here; prepare them (opomjax checkpoints "
+                       f"prepare {name} --source PATH) or set config.allow_random_weights=True for a test run")
+    return
+  if target and name in registry.TARGET_BUILDERS:
+    return
+  if name.endswith(".onnx"):
+    if not pathlib.Path(name).is_file():
+      raise FileNotFoundError(f"{what}: no ONNX file {name}")
+    return
+  known = sorted(registry.MODEL_BUILDERS) + (sorted(registry.TARGET_BUILDERS) if target else [])
+  raise ValueError(f"{what}: unknown model {name!r}; known: {', '.join(known)}, or the path of an .onnx file")
+
+
+def check_writable(path: str | os.PathLike, what: str) -> pathlib.Path:
+  """Creates folder ``path`` if needed and writes (and removes) a temporary file in it."""
+  path = pathlib.Path(path)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".opomjax-write-check-"):
+      pass
+  except OSError as e:
+    raise ValueError(f"{what}={path} cannot be written ({e.strerror or e}); choose another folder") from e
+  return path
+
+
+def known_datasets() -> tuple[str, ...]:
+  from opomjax import data  # imported only when a real data set is asked for (it pulls in tfds)
+
+  return (SYNTHETIC,) + tuple(data.PROTOCOLS)
+
+
+def check_dataset(dataset) -> None:
+  """``config.dataset``: a known name, a non-negative ``num_identities``, existing folders, a boolean ``download``."""
+  name = dataset.name
+  if name != SYNTHETIC and name not in known_datasets():
+    raise ValueError(f"config.dataset.name: unknown data set {name!r}; choose from {', '.join(known_datasets())}")
+  check_integer(dataset.get("num_identities") or 0, "config.dataset.num_identities", minimum=0)
+  if name == SYNTHETIC:
+    check_integer(dataset.get("images_per_split", 2), "config.dataset.images_per_split")
+  if not isinstance(dataset.get("download", False), bool):
+    raise ValueError(f"config.dataset.download must be True or False, got {dataset.get('download')!r}")
+  for field in ("lfw_dir", "root"):
+    value = dataset.get(field)
+    if value and not pathlib.Path(value).exists():
+      raise FileNotFoundError(f"config.dataset.{field}: {value} does not exist")
+  if name == "folder" and not dataset.get("root"):
+    raise ValueError("config.dataset.root must name a PERSON/*.jpg folder for the 'folder' data set")
+
+
+def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) -> None:
+  """Every field of an experiment config, and that ``workdir`` can be written.
+
+  Args:
+    config: the experiment's ConfigDict (see ``experiments/configs/common.py``).
+    workdir: where masks and results go.
+    targets: also check ``config.targets`` and ``config.eval_batch_size`` (the evaluation's fields).
+
+  Raises:
+    ValueError, FileNotFoundError: one line naming the bad field.
+  """
+  methods = method_names(config)
+  allow_random = bool(config.get("allow_random_weights", False))
+  check_model_name(str(config.surrogate), "config.surrogate", allow_random_weights=allow_random)
+  if targets:
+    names = split_names(config.targets)
+    if not names:
+      raise ValueError("config.targets is empty; name at least one model to evaluate against")
+    for name in names:
+      check_model_name(name, "config.targets", allow_random_weights=allow_random, target=True)
+    check_integer(config.eval_batch_size, "config.eval_batch_size")
+  check_epsilon(config.epsilon, allow_large=bool(config.get("allow_large_epsilon", False)))
+  check_number(config.step_size, "config.step_size", positive=True)
+  check_integer(config.steps, "config.steps")
+  check_integer(config.group_size, "config.group_size")
+  check_number(config.momentum or 0.0, "config.momentum", minimum=0.0)
+  check_number(config.dropout, "config.dropout", minimum=0.0, below=1.0)
+  check_integer(config.seed, "config.seed", minimum=0)
+  if "opom-convex" in methods:
+    lower = check_number(config.lower, "config.lower")
+    upper = check_number(config.upper, "config.upper")
+    if lower > upper:
+      raise ValueError(f"config.lower={lower:g} exceeds config.upper={upper:g}")
+    check_integer(config.get("warmup_center_steps", 0), "config.warmup_center_steps", minimum=0)
+    if config.get("solver", "osqp") not in hulls.SOLVERS:
+      raise ValueError(f"config.solver must be one of {', '.join(hulls.SOLVERS)}, got {config.solver!r}")
+  if (config.parallel or "") not in PARALLEL_VALUES:
+    raise ValueError(f"config.parallel must be one of {', '.join(PARALLEL_VALUES[1:])}, got {config.parallel!r}")
+  check_dataset(config.dataset)
+  check_writable(workdir, "--workdir")
+  if config.get("feature_cache"):
+    check_writable(config.feature_cache, "config.feature_cache")
+
+
+def check_reduced_hull(config, methods, images_per_identity: int) -> None:
+  """OPOM-ConvexHull's bounds against the data: the reduced hull needs ``lower <= 1/n <= upper``."""
+  if "opom-convex" in methods and not config.lower <= 1.0 / images_per_identity <= config.upper:
+    raise ValueError(f"config.lower={config.lower:g} / config.upper={config.upper:g}: the reduced hull is empty for "
+                     f"{images_per_identity} training photos per identity (need lower <= 1/n <= upper)")
