@@ -228,6 +228,67 @@ def test_apply_mask_to_photo_bounds_and_region_weights():
     faces.apply_mask_to_photo(photo.astype(float), mask, transform)
 
 
+def test_apply_mask_to_photo_keeps_greyscale_alpha_and_sixteen_bits():
+  """The mask goes into the photo's own layout: RGB of RGBA (alpha untouched), the channel mean into greyscale,
+  16-bit units into 16-bit samples; every pixel outside the face keeps its value bit for bit."""
+  rng = np.random.default_rng(16)
+  rgb = rng.integers(0, 256, (200, 220, 3), dtype=np.uint8)
+  mask = rng.uniform(-8, 8, (128, 128, 3)).astype(np.float32)
+  transform = np.array([[1.0, 0, -30], [0, 1.0, -50]])  # chip pixel (u, v) = photo pixel (u + 30, v + 50)
+  window = (slice(50, 178), slice(30, 158))
+  outside = np.ones((200, 220), bool)
+  outside[window] = False
+
+  def check(photo, expected_change, top):
+    out = faces.apply_mask_to_photo(photo, mask, transform)
+    assert out.shape == photo.shape and out.dtype == photo.dtype
+    colour = out[..., None] if out.ndim == 2 else out
+    source = photo[..., None] if photo.ndim == 2 else photo
+    n = expected_change.shape[-1]
+    expected = np.rint(np.clip(source[window][..., :n].astype(np.float64) + expected_change, 0, top))
+    mismatch = np.abs(colour[window][..., :n].astype(np.float64) - expected)
+    assert mismatch.max() <= 1 and (mismatch > 0).mean() < 1e-2  # float32 sums may round a .5 either way
+    np.testing.assert_array_equal(colour[window][..., n:], source[window][..., n:])  # alpha untouched
+    np.testing.assert_array_equal(out[outside], photo[outside])
+    return out
+
+  alpha = rng.integers(0, 256, (200, 220, 1), dtype=np.uint8)
+  rgba = check(np.concatenate([rgb, alpha], -1), mask, 255)
+  np.testing.assert_array_equal(rgba[..., :3], faces.apply_mask_to_photo(rgb, mask, transform))
+  grey_mask = mask.astype(np.float64).mean(-1, keepdims=True)
+  check(rgb[..., 0], grey_mask, 255)
+  check(np.concatenate([rgb[..., :1], alpha], -1), grey_mask, 255)
+  rgb16 = rng.integers(0, 65536, (200, 220, 3)).astype(np.uint16)
+  check(rgb16, mask * 257.0, 65535)
+  check(rgb16[..., 0], grey_mask * 257.0, 65535)
+  check(np.concatenate([rgb16, rgb16[..., :1]], -1), mask * 257.0, 65535)
+  with pytest.raises(ValueError, match="photo"):
+    faces.apply_mask_to_photo(rgb.astype(np.int32), mask, transform)
+
+
+def test_roundtrip_weights_carry_pixel_weights_and_greyscale():
+  """B delta with an alpha-like pixel weight, and for a greyscale photo, against warping there and back."""
+  jnp = pytest.importorskip("jax.numpy")
+  from opomjax.faces import roundtrip  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(17)
+  shape = (300, 280, 3)
+  transform = random_similarity(rng, (0.5, 0.9))
+  transform[:, 2] = 64 - transform[:, :2] @ [140, 150]
+  alpha = rng.uniform(0, 1, shape[:2]).astype(np.float32)
+  delta = rng.uniform(-8, 8, (128, 128, 3)).astype(np.float32)
+  back, _ = faces.warp_from_frame(delta, transform, shape)
+  footprint = faces.frame_footprint(transform, CANONICAL, shape) * alpha
+  expected = faces.warp_to_frame(back * footprint[..., None], transform)
+  weights = roundtrip.roundtrip_weights(transform, shape, pixel_weights=alpha)
+  got = np.asarray(roundtrip.apply_roundtrip(jnp.asarray(delta), jnp.asarray(weights)))
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+  grey = np.asarray(roundtrip.apply_roundtrip(jnp.asarray(delta[None]), jnp.asarray(weights[None]),
+                                              grey=jnp.array([True])))[0]
+  np.testing.assert_allclose(grey, np.repeat(expected.mean(-1, keepdims=True), 3, -1), atol=1e-4)
+  with pytest.raises(ValueError, match="pixel_weights"):
+    roundtrip.roundtrip_weights(transform, shape, pixel_weights=alpha[:10])
+
+
 def test_feathered_footprint_ramps_linearly_to_the_border():
   transform = np.array([[0.5, 0, -10], [0, 0.5, -10]])  # footprint: photo x, y in [20, 274], 2 px per chip px
   weights = faces.frame_footprint(transform, CANONICAL, (300, 300), feather=8.0)
@@ -277,7 +338,58 @@ def test_load_photo_sixteen_bit():
   rgb48 = np.random.default_rng(9).integers(0, 65536, (5, 6, 3)).astype(np.uint16)
   out = faces.load_photo(io.BytesIO(png_rgb48(rgb48)))
   assert out.dtype == np.uint8 and out.shape == (5, 6, 3)
-  np.testing.assert_array_equal(out, rgb48 >> 8)  # Pillow keeps the high byte of each 16-bit channel
+  np.testing.assert_array_equal(out, np.rint(rgb48 / 257.0).astype(np.uint8))  # as for 16-bit greyscale
+
+
+@pytest.mark.parametrize("shape, dtype", [((20, 30), np.uint8), ((20, 30, 2), np.uint8), ((20, 30, 3), np.uint8),
+                                          ((20, 30, 4), np.uint8), ((20, 30), np.uint16), ((20, 30, 2), np.uint16),
+                                          ((20, 30, 3), np.uint16), ((20, 30, 4), np.uint16)])
+def test_png_written_back_keeps_layout_and_bit_depth(shape, dtype):
+  """read_photo keeps a photo's own samples; encode_photo writes them back; OpenCV reads the same values."""
+  cv2 = pytest.importorskip("cv2")
+  pixels = np.random.default_rng(18).integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
+  data = faces.encode_photo(pixels, "png")
+  reference = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  if reference.ndim == 3:  # OpenCV: BGR(A); greyscale + alpha comes as BGRA
+    reference = reference[..., [0, 3]] if pixels.ndim == 3 and pixels.shape[-1] == 2 else (
+        reference[..., [2, 1, 0, 3][:reference.shape[-1]]])
+  np.testing.assert_array_equal(reference, pixels)
+  photo = faces.read_photo(io.BytesIO(data))
+  if shape == (20, 30, 2) and dtype == np.uint16:  # Pillow decodes 16-bit greyscale + alpha at 8 bits only
+    assert photo.pixels.dtype == np.uint8 and photo.notes
+    np.testing.assert_array_equal(photo.pixels, pixels >> 8)
+  else:
+    assert photo.pixels.dtype == dtype and photo.notes == ()
+    np.testing.assert_array_equal(photo.pixels, pixels)
+  np.testing.assert_array_equal(photo.rgb, faces.load_photo(io.BytesIO(data)))
+  assert photo.rgb.shape == shape[:2] + (3,) and photo.rgb.dtype == np.uint8
+
+
+def test_read_photo_keeps_sixteen_bit_colour_and_notes_what_cannot_be_kept():
+  rgb48 = np.random.default_rng(19).integers(0, 65536, (5, 6, 3)).astype(np.uint16)
+  photo = faces.read_photo(io.BytesIO(png_rgb48(rgb48)))  # written by hand, not by the library
+  np.testing.assert_array_equal(photo.pixels, rgb48)
+  assert photo.describe() == "16-bit RGB"
+  palette = Image.fromarray(np.random.default_rng(20).integers(0, 4, (10, 10), dtype=np.uint8)).convert("P")
+  photo = faces.read_photo(encode(palette, "PNG", transparency=0))
+  assert photo.pixels.shape == (10, 10, 4) and any("palette" in n for n in photo.notes)
+  grey = faces.read_photo(encode(Image.fromarray(np.full((8, 8), 77, np.uint8)), "PNG"))
+  assert grey.pixels.shape == (8, 8) and grey.is_grey and not grey.has_alpha and grey.notes == ()
+
+
+def test_jpeg_refuses_transparency_and_writes_sixteen_bits_at_eight():
+  rng = np.random.default_rng(21)
+  with pytest.raises(ValueError, match="transparency"):
+    faces.encode_photo(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "jpeg")
+  grey16 = np.full((16, 16), 40000, np.uint16)
+  back = faces.read_photo(io.BytesIO(faces.encode_photo(grey16, "jpeg", jpeg_quality=100)))
+  assert back.pixels.shape == (16, 16) and back.pixels.dtype == np.uint8
+  assert np.abs(back.pixels.astype(int) - round(40000 / 257)).max() <= 1
+  for quality in (0, 101, 95.5):
+    with pytest.raises(ValueError, match="jpeg_quality"):
+      faces.encode_photo(grey16, "jpeg", jpeg_quality=quality)
+  with pytest.raises(ValueError, match="image_format"):
+    faces.encode_photo(grey16, "gif")
 
 
 def test_load_photo_applies_exif_orientation():
@@ -297,7 +409,9 @@ def test_load_photo_arrays_and_errors(tmp_path):
   np.testing.assert_array_equal(faces.load_photo(np.full((3, 4, 3), 65535, np.uint16)), np.full((3, 4, 3), 255))
   np.testing.assert_array_equal(faces.load_photo(np.full((2, 2, 3), 99.6)), np.full((2, 2, 3), 100))
   with pytest.raises(ValueError, match="shape"):
-    faces.load_photo(np.zeros((3, 4, 2), np.uint8))
+    faces.load_photo(np.zeros((3, 4, 5), np.uint8))
+  grey_alpha = np.stack([np.full((3, 4), 100, np.uint8), np.full((3, 4), 0, np.uint8)], axis=-1)
+  np.testing.assert_array_equal(faces.load_photo(grey_alpha), np.full((3, 4, 3), 255))  # transparent: white
   with pytest.raises(ValueError, match=r"\[0, 255\]"):
     faces.load_photo(np.full((3, 4, 3), 300.0))
   with pytest.raises(ValueError, match="dtype"):

