@@ -19,6 +19,7 @@ import tqdm
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from opomjax import faces  # pylint: disable=g-import-not-at-top,wrong-import-position
+from opomjax.models import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def lfw_photos(root: pathlib.Path, limit: int) -> list[pathlib.Path]:
@@ -30,15 +31,18 @@ def lfw_photos(root: pathlib.Path, limit: int) -> list[pathlib.Path]:
 
 
 def main():
-  shared = pathlib.Path(os.environ.get("OPOMJAX_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
+  default_lfw = os.environ.get("OPOMJAX_LFW_DIR") or checkpoints.shared_dir() / "datasets" / "lfw-deepfunneled"
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--lfw", type=pathlib.Path, default=shared / "datasets" / "lfw-deepfunneled")
+  parser.add_argument("--lfw", type=pathlib.Path, default=default_lfw,
+                      help="LFW folder (default: $OPOMJAX_LFW_DIR, else datasets/lfw-deepfunneled in the shared folder)")
   parser.add_argument("--limit", type=int, default=500, help="photos to use (0: all)")
   parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
   parser.add_argument("--skip-640", action="store_true", help="do not time the 640x640 input")
   args = parser.parse_args()
 
   paths = lfw_photos(args.lfw, args.limit)
+  if not paths:
+    parser.error(f"no LFW photos (*/*.jpg) under {args.lfw}; pass --lfw or set $OPOMJAX_LFW_DIR")
   print(f"{len(paths)} LFW photos from {args.lfw}, onnxruntime threads: {args.threads or 'default'}")
 
   detector = faces.YuNetDetector(num_threads=args.threads)

@@ -5,8 +5,9 @@
 For each name in ``opomjax.models.registry.available_models()``: parameter count, embedding size, native input
 size, and the wall time of one jitted forward pass and of one forward + backward pass (the gradient of the
 summed embeddings with respect to the input images, as the mask optimisers need it) for a batch at the
-model's native size. Models whose module is not present, or whose weights are not available, are listed with
-the reason. Times are medians over ``repeats`` runs after one compile-and-warm-up run.
+model's native size. Architectures without registered weights run with random ones (speed does not depend on
+the values); models whose module or registered weight file is not present are listed with the reason. Times
+are medians over ``repeats`` runs after one compile-and-warm-up run.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def bench_model(name: str, batch: int, repeats: int) -> dict:
-  model = registry.load_model(name)
+  model = registry.load_model(name, allow_random_weights=True)
   h, w = model.input_frame.size
   images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)), jnp.float32)
   # Parameters are arguments, not closed-over constants, so XLA does not constant-fold the network.

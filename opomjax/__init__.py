@@ -1,6 +1,7 @@
 """opomjax: One Person One Mask privacy masks in JAX.
 
-The public names are imported lazily so that ``import opomjax`` stays cheap.
+The public names are imported lazily so that ``import opomjax`` stays cheap. The command line is
+``opomjax COMMAND`` (:mod:`opomjax.cli`); model files are resolved by :mod:`opomjax.models.checkpoints`.
 """
 
 import importlib
@@ -19,11 +20,14 @@ _EXPORTS = {
     "CANONICAL": "opomjax.frame",
 }
 
+#: Subpackages reachable as attributes (``opomjax.models.checkpoints`` is the model-file resolver).
+_SUBPACKAGES = ("core", "models", "faces", "data", "frame", "files", "pipeline", "protect")
+
 
 def __getattr__(name):
   if name in _EXPORTS:
     return getattr(importlib.import_module(_EXPORTS[name]), name)
-  if name in ("core", "models", "faces", "data", "frame"):
+  if name in _SUBPACKAGES:
     return importlib.import_module(f"opomjax.{name}")
   raise AttributeError(f"module 'opomjax' has no attribute {name!r}")
 

@@ -5,15 +5,16 @@ import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from opomjax.models import checkpoints
 
 
 def shared_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("OPOMJAX_SHARED", ROOT.parent / "shared"))
+  """The package's own lookup: ``$OPOMJAX_SHARED``, else ``../shared`` (next to the cwd or the checkout)."""
+  return checkpoints.shared_dir()
 
 
 def lfw_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("OPOMJAX_LFW_DIR", shared_dir() / "datasets" / "lfw-deepfunneled"))
+  return pathlib.Path(os.environ.get("OPOMJAX_LFW_DIR") or shared_dir() / "datasets" / "lfw-deepfunneled")
 
 
 @pytest.fixture(scope="session")

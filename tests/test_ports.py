@@ -266,7 +266,7 @@ def test_network_dropout_needs_a_key_and_is_reproducible():
 
 
 def test_random_init_builds_canonical_frame_models():
-  model = registry.load_model("mobilefacenet", seed=3)
+  model = registry.load_model("mobilefacenet", seed=3, allow_random_weights=True)
   assert model.input_frame == frame_lib.ARCFACE_112 and model.embedding_size == 512
   canonical = jnp.full((2,) + frame_lib.CANONICAL.size + (3,), 128.0)
   emb = np.asarray(jax.jit(model.apply)(model.params, canonical))

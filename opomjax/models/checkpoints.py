@@ -53,7 +53,7 @@ class ChecksumError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """One registered model (see the field list at the top of ``checkpoints/registry.toml``)."""
+  """One registered model (see the field list at the top of ``registry.toml``)."""
 
   name: str
   architecture: str
@@ -326,7 +326,7 @@ def load_params(name: str, source: str | os.PathLike | None = None, **kwargs) ->
 
 def _status(entry: Entry) -> str:
   if all(s["kind"] == "user" for s in entry.sources):
-    return "user-supplied weights (random init otherwise)"
+    return "user-supplied weights (none registered: pass weights=PATH)"
   found = [p for p in candidate_paths(entry) if p.is_file()]
   if not found:
     return "source missing"

