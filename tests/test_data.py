@@ -421,3 +421,9 @@ def test_baseline_accuracy_on_colour_coded_protocol():
   masks[0] = np.array([150, 150, 20]) - np.array(people[0])
   masked = baselines.baseline(embed, protocol, batch_size=5, masks=masks)
   assert masked["random_mask_top1"] == pytest.approx(2 / 3) and masked["top1"] == 1.0
+  # Through a channel: solid colours survive JPEG, so only the masked person is still hidden.
+  jpeg = baselines.baseline(embed, protocol, batch_size=5, masks=masks, conditions=("none", "jpeg50"))
+  assert jpeg["jpeg50_top1"] == 1.0 and jpeg["jpeg50_random_mask_top1"] == pytest.approx(2 / 3)
+  with pytest.raises(ValueError, match="--conditions: unknown 'gif'"):
+    baselines.check_arguments(["dlib_resnet"], protocol="privacy_lfw", num_identities=None, batch_size=8,
+                              random_mask_epsilon=0.0, conditions=["gif"])

@@ -104,9 +104,11 @@ def test_embed_in_batches_pads_and_applies_masks():
     return x.reshape(x.shape[0], -1)[:, :5]
 
   out = features.embed_in_batches(embed, images, batch_size=3, masks=mask)
-  expected = np.clip(images.astype(np.float32) + mask, 0, 255).reshape(7, -1)[:, :5]
-  np.testing.assert_allclose(out, expected)
+  unrounded = np.clip(images.astype(np.float32) + mask, 0, 255)
+  np.testing.assert_array_equal(out, np.rint(unrounded).reshape(7, -1)[:, :5])  # the saved 8-bit photo
   assert seen == [3, 3, 3]  # one shape only: a jitted embed compiles once
+  out = features.embed_in_batches(embed, images, batch_size=3, masks=mask, condition="float")
+  np.testing.assert_allclose(out, unrounded.reshape(7, -1)[:, :5])
 
 
 def test_feature_cache_computes_once_per_content(tmp_path):
@@ -144,11 +146,28 @@ def test_results_files_roundtrip(tmp_path):
 
 def test_markdown_table_layout():
   table = reports.markdown_table(_rows()).splitlines()
-  assert table[0].startswith("| Method (surrogate) | dlib_resnet Top-1 / Top-5 | sface_onnx Top-1 / Top-5")
+  assert table[0].startswith(
+      "| Method (surrogate) | condition | dlib_resnet Top-1 / Top-5 | sface_onnx Top-1 / Top-5")
   row = next(line for line in table if line.startswith("| opom-convex (dlib_resnet)"))
-  # white-box on its own surrogate, black-box on the other target; rates in percent
-  assert "50.0 / 25.0 (wb)" in row and "60.0 / 25.0 (bb)" in row
-  assert table[-1].startswith("| *clean accuracy* | 90.0 / 95.0")
+  # white-box on its own surrogate, black-box on the other target; rates in percent; rows written before
+  # conditions existed were measured on float probes
+  assert "| float |" in row and "50.0 / 25.0 (wb)" in row and "60.0 / 25.0 (bb)" in row
+  assert table[-1].startswith("| *clean accuracy* | | 90.0 / 95.0")
+
+
+def test_conditions_are_separate_rows_and_the_channel_alone_is_shown(tmp_path):
+  old = _rows()
+  new = [dict(r, condition=c, top1=r["top1"] + d, channel_top1=d, channel_top5=d / 2)
+         for r in old for c, d in (("none", 0.0), ("jpeg75", 0.125))]
+  merged = reports.merge_rows(old, new)
+  assert len(merged) == 3 * len(old)  # float (old), none and jpeg75 rows of the same masks all kept
+  table = reports.markdown_table(merged).splitlines()
+  conditions = [line.split(" | ")[1] for line in table if line.startswith("| opom-convex (dlib_resnet)")]
+  assert conditions == ["float", "none", "jpeg75"]
+  assert table[-1] == "| *no mask, channel only* | jpeg75 | 12.5 / 6.2 | 12.5 / 6.2 | |"
+  paths = reports.write_results(merged, tmp_path)
+  with open(paths["csv"]) as f:
+    assert [r["condition"] for r in csv.DictReader(f)] == [""] * 4 + ["none", "jpeg75"] * 4
 
 
 @pytest.mark.parametrize("surrogate,target,white", [
@@ -414,6 +433,33 @@ def test_results_rows_carry_settings_and_do_not_merge_across_them(generated, toy
   assert "| fi-uap (dlib_resnet+mdfa, ε=4.0)" in table and "| fi-uap (dlib_resnet+mdfa, ε=8.0)" in table
 
 
+def test_every_condition_is_a_row_and_probes_are_what_the_channel_makes(generated, toy_run):
+  workdir, workdirs = generated
+  protocol = toy_protocol()
+  config = toy_config(methods="fi-uap,opom-convex", conditions="float,none,jpeg50")
+  rows = runner.evaluate_all(config, workdirs, workdir, protocol=protocol)
+  assert sorted((r["method"], r["condition"]) for r in rows) == sorted(
+      (m, c) for m in ("fi-uap", "opom-convex") for c in ("float", "none", "jpeg50"))
+  # Independently: the probes as the channel makes them, embedded by the target, against the clean probes.
+  model = toy_model()
+  k, m = protocol.test.shape[:2]
+  mask = runner.load_masks(workdirs["fi-uap"], protocol.names)[:, None]
+  clean = np.asarray(model.embed(protocol.test.reshape((k * m,) + protocol.test.shape[2:]).astype(np.float32)))
+  for condition, probes in (("float", np.clip(protocol.test + mask, 0, 255)),
+                            ("none", np.rint(np.clip(protocol.test + mask, 0, 255)))):
+    masked = np.asarray(model.embed(probes.reshape(clean.shape[:1] + probes.shape[2:]).astype(np.float32)))
+    row = next(r for r in rows if r["method"] == "fi-uap" and r["condition"] == condition)
+    expected = runner.mean_pair_cosine(masked.reshape(k, m, -1), clean.reshape(k, m, -1))
+    np.testing.assert_allclose(row["cos_after"], expected, rtol=1e-5)
+  float_row, none_row = (next(r for r in rows if r["method"] == "fi-uap" and r["condition"] == c)
+                         for c in ("float", "none"))
+  assert float_row["cos_after"] != none_row["cos_after"]  # the rounding is seen
+  jpeg = [r for r in rows if r["condition"] == "jpeg50"]
+  assert all(r["channel_top1"] is not None for r in jpeg)
+  assert all(r["channel_top1"] == 1 - r["clean_top1"] for r in rows if r["condition"] != "jpeg50")
+  assert "| *no mask, channel only* | jpeg50 |" in (workdir / "results.md").read_text()
+
+
 def test_evaluation_refuses_masks_of_other_settings(generated, toy_run):
   workdir, workdirs = generated
   with pytest.raises(settings.SettingsMismatchError, match="epsilon: 8.0 in the masks, 4.0 now"):
@@ -453,6 +499,7 @@ def test_merge_rows_keeps_rows_of_other_settings():
     (dict(step_size=-1.0), ValueError, "config.step_size"),
     (dict(group_size=0), ValueError, "config.group_size"),
     (dict(eval_batch_size=0), ValueError, "config.eval_batch_size"),
+    (dict(conditions="none,jpeg80"), ValueError, "config.conditions: unknown 'jpeg80'"),
     (dict(momentum=-0.5), ValueError, "config.momentum"),
     (dict(dropout=1.0), ValueError, "config.dropout"),
     (dict(seed=-1), ValueError, "config.seed"),
@@ -535,8 +582,19 @@ def test_every_shipped_config_loads_and_passes_validation(tmp_path):
   assert "default" in configs and "opom_convex" in configs
   for name in configs:
     module = importlib.import_module(f"experiments.configs.{name}")
-    for variant in ("dlib", "sface_mdfa_full"):
+    for variant in ("dlib", "sface_mdfa_full", "faceres_full_all", "mobileface"):
       config = module.get_config(variant)
       config.dataset.name = "synthetic"  # no data set needed here
       validate.check_config(config, tmp_path)
       assert settings.generation_settings(config, validate.method_names(config)[0])["dataset"] == "synthetic"
+
+
+def test_config_variants_evaluate_the_surrogate_white_box_and_all_four_on_request():
+  assert common.method_config("fi-uap", "faceres").targets == "dlib_resnet,sface_onnx,faceres"
+  assert common.method_config("fi-uap", "sface").targets == "dlib_resnet,sface_onnx"
+  assert common.method_config("fi-uap", "dlib_all").targets.split(",") == [
+      "dlib_resnet", "sface_onnx", "faceres", "mobileface"]
+  white = [t for t in common.ALL_TARGETS.split(",") if reports.is_white_box("mobileface", t)]
+  assert white == ["mobileface"]
+  with pytest.raises(ValueError, match="unknown config variant"):
+    common.method_config("fi-uap", "dlib_everything")

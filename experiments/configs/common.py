@@ -1,9 +1,12 @@
 """Shared pieces of the experiment configs (ml_collections ConfigDicts).
 
 Variants (the ``:ARG`` after a config file name): ``dlib`` (surrogate dlib ResNet), ``sface`` (surrogate SFace in
-JAX), each optionally with ``_mdfa`` (momentum + DFANet, the paper's Table 4/5 setting: 100 steps, μ = 1.0,
+JAX), ``faceres`` or ``mobileface`` (the TensorFlow.js models in JAX; the surrogate is always also evaluated as a
+target, white-box), each optionally with ``_mdfa`` (momentum + DFANet, the paper's Table 4/5 setting: 100 steps, μ = 1.0,
 dropout 0.1; 0.02 for SFace, whose plain chain of convolutions does not tolerate more), and ``_full`` (all 62
-Privacy-LFW identities; default: the first 10), e.g. ``sface_mdfa_full``.
+Privacy-LFW identities; default: the first 10) and ``_all`` (evaluated on all four real recognisers: dlib ResNet,
+SFace in onnxruntime, faceres and mobileface; default: dlib ResNet and SFace), e.g. ``sface_mdfa_full`` or
+``faceres_full_all``.
 
 Cost on the 2-core CPU machine (16 steps, idle machine: ~10 s per identity with the dlib surrogate, ~12 s with
 SFace; evaluation: clean features once per target, ~3 min for dlib and ~4 min for SFace/onnxruntime, then
@@ -16,7 +19,10 @@ identity alone) measured (all five methods).
 
 import ml_collections
 
-SURROGATES = {"dlib": "dlib_resnet", "sface": "sface"}
+SURROGATES = {"dlib": "dlib_resnet", "sface": "sface", "faceres": "faceres", "mobileface": "mobileface"}
+# The target that is the surrogate itself (its white-box column): SFace's original runs in onnxruntime.
+SURROGATE_TARGETS = {"sface": "sface_onnx"}
+ALL_TARGETS = "dlib_resnet,sface_onnx,faceres,mobileface"  # every real recogniser with weights at hand
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.group_size = 8  # identities vmapped together
   config.parallel = "none"  # or "pmap" / "shard_map": spread each group over the local devices
   config.eval_batch_size = 64
+  # What the probe goes through before a target embeds it (opomjax.faces.channel): "none" = saved as an 8-bit
+  # photo; also jpeg90, jpeg75, jpeg50, resize0.5, blur, and "float" (unrounded, for comparison). Comma-separated.
+  config.conditions = "none"
   config.feature_cache = ""  # default: <workdir>/features
   config.distributed = False  # multi-host: jax.distributed.initialize()
   config.coordinator_address = ""  # only for hand-started processes (e.g. two on localhost)
@@ -61,12 +70,17 @@ def method_config(methods: str, arg: str = "dlib") -> ml_collections.ConfigDict:
   parts = arg.split("_") if arg else ["dlib"]
   if parts[0] not in SURROGATES:
     raise ValueError(f"config variant {arg!r} must start with one of {sorted(SURROGATES)}")
-  unknown = set(parts[1:]) - {"mdfa", "full"}
+  unknown = set(parts[1:]) - {"mdfa", "full", "all"}
   if unknown:
     raise ValueError(f"unknown config variant part(s) {sorted(unknown)} in {arg!r}")
   config = base_config()
   config.methods = methods
   config.surrogate = SURROGATES[parts[0]]
+  if "all" in parts:
+    config.targets = ALL_TARGETS
+  own_target = SURROGATE_TARGETS.get(config.surrogate, config.surrogate)
+  if own_target not in config.targets.split(","):
+    config.targets += "," + own_target
   if "mdfa" in parts:
     config.steps = 100
     config.momentum = 1.0

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 import opomjax
+from opomjax.faces import channel
 from opomjax.models import registry
 from opomjax.pipeline import features
 from opomjax.pipeline import validate
@@ -20,7 +21,7 @@ _KS = (1, 5, 10)
 def check_arguments(models, *, protocol: str, num_identities: int | None, batch_size: int,
                     random_mask_epsilon: float, allow_large_epsilon: bool = False,
                     allow_random_weights: bool = False, seed: int = 0, out: str | os.PathLike | None = None,
-                    lfw_dir: str | None = None) -> None:
+                    lfw_dir: str | None = None, conditions=("none",)) -> None:
   """The launcher's flags, checked before anything is loaded (ValueError / FileNotFoundError naming the flag)."""
   if not list(models):
     raise ValueError("--models is empty; name at least one model")
@@ -35,6 +36,10 @@ def check_arguments(models, *, protocol: str, num_identities: int | None, batch_
   validate.check_epsilon(random_mask_epsilon, "--random_mask_epsilon", allow_large=allow_large_epsilon,
                          override="--allow_large_epsilon", zero_ok=True)
   validate.check_integer(seed, "--seed", minimum=0)
+  try:
+    channel.parse_conditions(conditions)
+  except ValueError as e:
+    raise ValueError(f"--{e}") from None
   if lfw_dir and not os.path.exists(lfw_dir):
     raise FileNotFoundError(f"--lfw_dir: {lfw_dir} does not exist")
   if out:
@@ -62,9 +67,15 @@ def accuracies(probes, clean, gallery, k: int, m: int, prefix: str = "") -> dict
   return {f"{prefix}top{t}": 1.0 - float(rates[t]) for t in ks}
 
 
-def baseline(embed, protocol, *, batch_size: int, masks=None, desc: str = "") -> dict[str, float]:
+def baseline(embed, protocol, *, batch_size: int, masks=None, conditions=("none",),
+             desc: str = "") -> dict[str, float]:
   """Top-k identification accuracy of ``protocol``'s clean test photos; with ``masks`` (one per person) also
-  that of the masked photos, under ``random_mask_top*``."""
+  that of the masked photos, under ``random_mask_top*``.
+
+  Masked photos are embedded as saved 8-bit photos (condition ``none``, :mod:`opomjax.faces.channel`). Every
+  other name in ``conditions`` adds ``<condition>_top*`` (the unmasked photos through that channel) and, with
+  ``masks``, ``<condition>_random_mask_top*``; the gallery stays clean.
+  """
   k, m = protocol.test.shape[:2]
   test = protocol.test.reshape((k * m,) + protocol.test.shape[2:])
   embed_all = lambda images, what, **kw: features.embed_in_batches(embed, images, batch_size=batch_size,
@@ -72,7 +83,13 @@ def baseline(embed, protocol, *, batch_size: int, masks=None, desc: str = "") ->
   clean = embed_all(test, "test")
   gallery = embed_all(protocol.distractors, "distractors")
   result = accuracies(clean, clean, gallery, k, m)
-  if masks is not None:
-    masked = embed_all(test, "masked test", masks=np.repeat(masks, m, axis=0))
-    result.update(accuracies(masked, clean, gallery, k, m, prefix="random_mask_"))
+  repeated = None if masks is None else np.repeat(masks, m, axis=0)
+  for condition in channel.parse_conditions(conditions):
+    prefix = "" if condition == "none" else f"{condition}_"
+    if condition != "none":
+      through = embed_all(test, f"test, {condition}", condition=condition)
+      result.update(accuracies(through, clean, gallery, k, m, prefix=prefix))
+    if repeated is not None:
+      masked = embed_all(test, f"masked test, {condition}", masks=repeated, condition=condition)
+      result.update(accuracies(masked, clean, gallery, k, m, prefix=prefix + "random_mask_"))
   return result

@@ -15,14 +15,18 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from opomjax.faces import channel
 from opomjax.pipeline import masks as masks_lib
 
 
-def embed_in_batches(embed: Callable, images, *, batch_size: int = 64, masks=None, desc: str | None = None):
+def embed_in_batches(embed: Callable, images, *, batch_size: int = 64, masks=None, condition: str = "none",
+                     desc: str | None = None):
   """Embeds ``images`` ``(N, H, W, 3)`` (uint8 or float, canonical frame) in batches of ``batch_size``.
 
   The last batch is padded to ``batch_size`` so a jitted ``embed`` compiles once. With ``masks`` (broadcastable
-  to ``images``, float, 0-255 units), embeds ``clip(images + masks, 0, 255)`` instead.
+  to ``images``, float, 0-255 units), embeds ``images + masks`` instead. Every image goes through ``condition``
+  (:mod:`opomjax.faces.channel`) first: by default ``"none"``, the photo as saved (clipped, rounded to 8 bits;
+  uint8 images pass unchanged); ``"float"`` embeds ``clip(images + masks, 0, 255)`` unrounded.
 
   Returns float32 ``(N, d)``.
   """
@@ -36,7 +40,8 @@ def embed_in_batches(embed: Callable, images, *, batch_size: int = 64, masks=Non
   for start in tqdm(range(0, n, batch_size), desc=desc, disable=desc is None, unit="batch", leave=False):
     x = images[start : start + batch_size].astype(np.float32)
     if masks is not None:
-      x = np.clip(x + masks[start : start + batch_size], 0.0, 255.0)
+      x = x + masks[start : start + batch_size]
+    x = channel.apply_condition(x, condition)
     m = x.shape[0]
     if m < batch_size:
       x = np.concatenate([x, np.zeros((batch_size - m,) + x.shape[1:], x.dtype)])

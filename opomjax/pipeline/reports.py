@@ -25,8 +25,18 @@ SETTING_KEYS = (
     "group_size", "lower", "upper", "warmup_center_steps", "solver", "settings_id",
 )
 
+#: What the probes went through before the target embedded them (``opomjax.faces.channel``), and the protection
+#: success rate of the unmasked probes through the same channel. Rows written before conditions existed lack
+#: them: they were measured on float probes (condition ``float``).
+CONDITION_KEYS = ("condition", "channel_top1", "channel_top5")
+
 #: Columns of the results files, in order.
-RESULT_KEYS = ("method", "surrogate", "target") + SETTING_KEYS + METRIC_KEYS
+RESULT_KEYS = ("method", "surrogate", "target", "condition") + SETTING_KEYS + METRIC_KEYS + CONDITION_KEYS[1:]
+
+
+def condition_of(row: dict) -> str:
+  """A row's condition; ``float`` for rows written before conditions existed (they embedded unrounded probes)."""
+  return row.get("condition") or "float"
 
 
 def validate_rows(rows: list[dict]) -> None:
@@ -57,8 +67,8 @@ def read_results(workdir: str | os.PathLike) -> list[dict]:
 
 
 def row_key(row: dict) -> tuple:
-  """What makes two rows the same measurement: method, surrogate, target and the masks' settings."""
-  return (row["method"], row["surrogate"], row["target"], row.get("settings_id"))
+  """What makes two rows the same measurement: method, surrogate, target, condition and the masks' settings."""
+  return (row["method"], row["surrogate"], row["target"], condition_of(row), row.get("settings_id"))
 
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
@@ -103,33 +113,44 @@ def _percent(rate) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-  """Paper-style table: one row per (method, surrogate), one column per target, "Top-1 / Top-5" in percent.
+  """Paper-style table: one row per (method, surrogate, condition), one column per target, "Top-1 / Top-5" in
+  percent.
 
-  The surrogate's own column is white-box; the others are black-box. Last column: wall time of the method.
+  The surrogate's own column is white-box; the others are black-box. Last column: wall time of the method. The
+  last rows give the clean accuracy and, for each channel condition, the protection success rate of the unmasked
+  probes through that channel (what the channel alone does).
   """
   targets = list(dict.fromkeys(r["target"] for r in rows))
-  row_names = row_labels(rows)
+  row_names = [(label, condition_of(r)) for label, r in zip(row_labels(rows), rows)]
   labels = list(dict.fromkeys(row_names))
-  cell = {(label, r["target"]): r for label, r in zip(row_names, rows)}
-  head = "| Method (surrogate) | " + " | ".join(f"{t} Top-1 / Top-5" for t in targets) + " | seconds |"
-  lines = [head, "|" + "---|" * (len(targets) + 2)]
-  for label in labels:
+  cell = {(name, r["target"]): r for name, r in zip(row_names, rows)}
+  head = "| Method (surrogate) | condition | " + " | ".join(f"{t} Top-1 / Top-5" for t in targets) + " | seconds |"
+  lines = [head, "|" + "---|" * (len(targets) + 3)]
+  for label, condition in labels:
     cells, seconds = [], None
     for t in targets:
-      r = cell.get((label, t))
+      r = cell.get(((label, condition), t))
       if r is None:
         cells.append("–")
         continue
       box = "wb" if is_white_box(r["surrogate"], t) else "bb"
       cells.append(f"{_percent(r['top1'])} / {_percent(r['top5'])} ({box})")
       seconds = r["seconds"]
-    lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    lines.append(f"| {label} | {condition} | " + " | ".join(cells) + f" | {seconds:.0f} |")
   clean = {r["target"]: r for r in rows}
   lines.append(
-      "| *clean accuracy* | "
+      "| *clean accuracy* | | "
       + " | ".join(f"{_percent(clean[t]['clean_top1'])} / {_percent(clean[t]['clean_top5'])}" for t in targets)
       + " | |"
   )
+  channel = {(condition_of(r), r["target"]): r for r in rows if r.get("channel_top1") is not None}
+  for condition in dict.fromkeys(c for c, _ in channel):
+    if condition in ("none", "float"):
+      continue
+    cells = [channel.get((condition, t)) for t in targets]
+    lines.append(f"| *no mask, channel only* | {condition} | "
+                 + " | ".join("–" if r is None else f"{_percent(r['channel_top1'])} / {_percent(r['channel_top5'])}"
+                              for r in cells) + " | |")
   return "\n".join(lines) + "\n"
 
 
@@ -141,7 +162,8 @@ def bar_chart(rows: list[dict], path: str | os.PathLike, metric: str = "top1") -
   import matplotlib.pyplot as plt
 
   targets = list(dict.fromkeys(r["target"] for r in rows))
-  row_names = row_labels(rows)
+  row_names = [label if condition_of(r) == "none" else f"{label} [{condition_of(r)}]"
+               for label, r in zip(row_labels(rows), rows)]
   labels = list(dict.fromkeys(row_names))
   cell = {(label, r["target"]): r[metric] for label, r in zip(row_names, rows)}
   width = 0.8 / max(len(targets), 1)

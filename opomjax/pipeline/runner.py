@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 import opomjax
 from opomjax import frame as frame_lib
+from opomjax.faces import channel as channel_lib
 from opomjax.models import checkpoints
 from opomjax.pipeline import features as features_lib
 from opomjax.pipeline import masks as masks_lib
@@ -287,14 +288,19 @@ def target_cache_key(name: str, target) -> str:
 
 
 def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache, *, show_progress=True) -> list:
-  """Protection success rates of the masks in each ``workdirs[method]`` against every target in the config.
+  """Protection success rates of the masks in each ``workdirs[method]`` against every target in the config,
+  under every condition of ``config.conditions`` (:mod:`opomjax.faces.channel`; default ``none``: the masked
+  probe rounded to 8 bits as a saved photo holds it).
 
-  Each row carries the settings the masks were made with (``reports.SETTING_KEYS``).
+  Each row carries the settings the masks were made with (``reports.SETTING_KEYS``), its ``condition``, and
+  ``channel_top1/5``: the protection success rate of the *unmasked* probes through the same channel (what the
+  channel alone does; the clean rate for ``none`` and ``float``). The gallery and distractors stay clean.
   """
   rows = []
   k, m = protocol.test.shape[:2]
   flat_test = protocol.test.reshape((k * m,) + protocol.test.shape[2:])
   ks = tuple(t for t in (1, 5, 10) if t <= len(protocol.distractors) + 1)  # no rank beyond the gallery
+  conditions = validate.conditions(config)
   allow_random = bool(config.get("allow_random_weights", False))
   for target_name in validate.split_names(config.targets):
     try:
@@ -312,21 +318,31 @@ def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache,
         embed, x, batch_size=batch, desc=desc("distractors")))
     clean = clean.reshape(k, m, -1)
     clean_rates = opomjax.protection_success_rate(clean, clean, distractors, ks=ks)
-    for method, workdir in workdirs.items():
-      masks = np.repeat(load_masks(workdir, protocol.names), m, axis=0)
-      masked = features_lib.embed_in_batches(embed, flat_test, masks=masks, batch_size=batch,
-                                             desc=desc(f"{method} masked")).reshape(k, m, -1)
-      rates = opomjax.protection_success_rate(masked, clean, distractors, ks=ks)
-      rows.append(dict(
-          method=method, surrogate=config.surrogate + ("+mdfa" if uses_mdfa(config) else ""),
-          target=target_name,
-          **row_settings(config, protocol, method),
-          **{f"top{t}": float(rates[t]) if t in rates else None for t in (1, 5, 10)},
-          clean_top1=1.0 - float(clean_rates[1]),
-          clean_top5=1.0 - float(clean_rates[5]) if 5 in clean_rates else None,
-          cos_before=mean_pair_cosine(clean, clean), cos_after=mean_pair_cosine(masked, clean),
-          seconds=generation_seconds(workdir),
-      ))
+    for condition in conditions:
+      channel_rates = clean_rates
+      if condition not in ("none", "float"):  # the channel alone: unmasked probes through it (cached)
+        through = channel_lib.apply_condition(flat_test, condition).astype(np.uint8)
+        unmasked = cache.get_or_compute(cache_key, through, lambda x: features_lib.embed_in_batches(
+            embed, x, batch_size=batch, desc=desc(f"{condition} unmasked")))
+        channel_rates = opomjax.protection_success_rate(unmasked.reshape(k, m, -1), clean, distractors, ks=ks)
+      for method, workdir in workdirs.items():
+        masks = np.repeat(load_masks(workdir, protocol.names), m, axis=0)
+        masked = features_lib.embed_in_batches(embed, flat_test, masks=masks, condition=condition,
+                                               batch_size=batch,
+                                               desc=desc(f"{method} masked, {condition}")).reshape(k, m, -1)
+        rates = opomjax.protection_success_rate(masked, clean, distractors, ks=ks)
+        rows.append(dict(
+            method=method, surrogate=config.surrogate + ("+mdfa" if uses_mdfa(config) else ""),
+            target=target_name, condition=condition,
+            **row_settings(config, protocol, method),
+            **{f"top{t}": float(rates[t]) if t in rates else None for t in (1, 5, 10)},
+            clean_top1=1.0 - float(clean_rates[1]),
+            clean_top5=1.0 - float(clean_rates[5]) if 5 in clean_rates else None,
+            channel_top1=float(channel_rates[1]),
+            channel_top5=float(channel_rates[5]) if 5 in channel_rates else None,
+            cos_before=mean_pair_cosine(clean, clean), cos_after=mean_pair_cosine(masked, clean),
+            seconds=generation_seconds(workdir),
+        ))
   return rows
 
 

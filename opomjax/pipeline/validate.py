@@ -15,6 +15,7 @@ import tempfile
 
 from opomjax.core import ascent
 from opomjax.core import hulls
+from opomjax.faces import channel
 from opomjax.models import registry
 
 #: Method names accepted in configs, in the order the paper's tables list them.
@@ -156,6 +157,7 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) ->
     for name in names:
       check_model_name(name, "config.targets", allow_random_weights=allow_random, target=True)
     check_integer(config.eval_batch_size, "config.eval_batch_size")
+    conditions(config)
   check_epsilon(config.epsilon, allow_large=bool(config.get("allow_large_epsilon", False)))
   check_number(config.step_size, "config.step_size", positive=True)
   check_integer(config.steps, "config.steps")
@@ -177,6 +179,14 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) ->
   check_writable(workdir, "--workdir")
   if config.get("feature_cache"):
     check_writable(config.feature_cache, "config.feature_cache")
+
+
+def conditions(config) -> tuple[str, ...]:
+  """``config.conditions`` (default ``none``: the probe as a saved 8-bit photo) as checked condition names."""
+  try:
+    return channel.parse_conditions(config.get("conditions", "none"))
+  except ValueError as e:
+    raise ValueError(f"config.{e}") from None
 
 
 def check_reduced_hull(config, methods, images_per_identity: int) -> None:
