@@ -500,6 +500,9 @@ def test_merge_rows_keeps_rows_of_other_settings():
     (dict(group_size=0), ValueError, "config.group_size"),
     (dict(eval_batch_size=0), ValueError, "config.eval_batch_size"),
     (dict(conditions="none,jpeg80"), ValueError, "config.conditions: unknown 'jpeg80'"),
+    (dict(eot="jpeg,gif"), ValueError, "config.eot: unknown channel"),
+    (dict(eot="jpeg", eot_samples=0), ValueError, "config.eot_samples"),
+    (dict(eot="jpeg", eot_rounding="floor"), ValueError, "config.eot_rounding"),
     (dict(momentum=-0.5), ValueError, "config.momentum"),
     (dict(dropout=1.0), ValueError, "config.dropout"),
     (dict(seed=-1), ValueError, "config.seed"),
@@ -598,3 +601,19 @@ def test_config_variants_evaluate_the_surrogate_white_box_and_all_four_on_reques
   assert white == ["mobileface"]
   with pytest.raises(ValueError, match="unknown config variant"):
     common.method_config("fi-uap", "dlib_everything")
+
+
+def test_eot_masks_have_their_own_workdir_settings_and_rows(tmp_path, toy_run):
+  config = toy_config(methods="fi-uap", eot="jpeg,blur", eot_samples=2, steps=1)
+  workdirs = runner.generate_all(config, tmp_path, protocol=toy_protocol())
+  assert workdirs["fi-uap"].name == "fi-uap-dlib_resnet-mdfa-eot"
+  _, meta = masks.load_identity_mask(workdirs["fi-uap"], "synthetic_0000")
+  assert {k: meta["settings"][k] for k in ("eot", "eot_samples", "eot_rounding")} == dict(
+      eot="jpeg,blur", eot_samples=2, eot_rounding="ste")
+  # Settings of masks made without EOT carry no EOT keys: masks made before EOT existed stay valid.
+  assert "eot" not in settings.generation_settings(toy_config(), "fi-uap")
+  rows = runner.evaluate_all(config, workdirs, tmp_path, protocol=toy_protocol())
+  assert {r["surrogate"] for r in rows} == {"dlib_resnet+mdfa+eot"}
+  with pytest.raises(settings.SettingsMismatchError, match="eot_samples: 2 in the masks, 3 now"):
+    runner.generate_all(toy_config(methods="fi-uap", eot="jpeg,blur", eot_samples=3, steps=1), tmp_path,
+                        protocol=toy_protocol())

@@ -4,7 +4,8 @@ Variants (the ``:ARG`` after a config file name): ``dlib`` (surrogate dlib ResNe
 JAX), ``faceres`` or ``mobileface`` (the TensorFlow.js models in JAX; the surrogate is always also evaluated as a
 target, white-box), each optionally with ``_mdfa`` (momentum + DFANet, the paper's Table 4/5 setting: 100 steps, μ = 1.0,
 dropout 0.1; 0.02 for SFace, whose plain chain of convolutions does not tolerate more), and ``_full`` (all 62
-Privacy-LFW identities; default: the first 10) and ``_all`` (evaluated on all four real recognisers: dlib ResNet,
+Privacy-LFW identities; default: the first 10), ``_eot`` (the gradient averaged over 4 random channels per
+step: 8-bit rounding, JPEG, resizing, blur; ~4x the cost) and ``_all`` (evaluated on all four real recognisers: dlib ResNet,
 SFace in onnxruntime, faceres and mobileface; default: dlib ResNet and SFace), e.g. ``sface_mdfa_full`` or
 ``faceres_full_all``.
 
@@ -40,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.upper = 1.0
   config.warmup_center_steps = 5  # opom-convex: class-centre steps before the hull (the official --nter)
   config.solver = "osqp"  # opom-convex: QP solver of the hull coefficients ("osqp" or "fista")
+  config.eot = ""  # expectation over transformation: e.g. "jpeg,resize,blur" (opomjax.core.transfer); "" = off
+  config.eot_samples = 4  # random channel draws per step under EOT (each one forward + backward)
+  config.eot_rounding = "ste"  # gradient of the 8-bit rounding under EOT: "ste" or "cubic"
   config.seed = 0
   config.allow_large_epsilon = False  # epsilon above 32 (0-255 units) is refused unless this is True
   config.allow_random_weights = False  # surrogates/targets without real weights are refused unless True
@@ -70,7 +74,7 @@ def method_config(methods: str, arg: str = "dlib") -> ml_collections.ConfigDict:
   parts = arg.split("_") if arg else ["dlib"]
   if parts[0] not in SURROGATES:
     raise ValueError(f"config variant {arg!r} must start with one of {sorted(SURROGATES)}")
-  unknown = set(parts[1:]) - {"mdfa", "full", "all"}
+  unknown = set(parts[1:]) - {"mdfa", "full", "all", "eot"}
   if unknown:
     raise ValueError(f"unknown config variant part(s) {sorted(unknown)} in {arg!r}")
   config = base_config()
@@ -87,6 +91,8 @@ def method_config(methods: str, arg: str = "dlib") -> ml_collections.ConfigDict:
     # The paper's rate 0.1 is for residual IR-50s. SFace is a plain chain of 27 convolutions where dropout
     # compounds: at 0.1 its dropped-out embeddings are near chance (cosine 0.23 to the clean ones), at 0.02 0.87.
     config.dropout = 0.02 if config.surrogate == "sface" else 0.1
+  if "eot" in parts:
+    config.eot = "none,jpeg,resize,blur"
   if "full" in parts:
     config.dataset.num_identities = 0
   return config

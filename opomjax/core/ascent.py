@@ -45,6 +45,7 @@ import numpy as np
 from opomjax.core import hulls
 from opomjax.core import objectives
 from opomjax.core import parallel as parallel_lib
+from opomjax.core import transfer
 
 METHODS = ("fi-uap", "fi-uap+", "fi-uap-all", "opom-affine", "opom-center", "opom-convex", "gd-uap")
 
@@ -54,6 +55,9 @@ OFFICIAL_WARMUP_CENTER_STEPS = 5
 #: Largest ``epsilon`` (pixel units of [0, 255]) accepted without ``allow_large_epsilon=True``: four times the
 #: paper's 8; beyond it a mask visibly destroys the face.
 MAX_EPSILON = 32.0
+
+#: ``fold_in`` constant that separates the EOT draws of a step from its dropout keys.
+EOT_KEY_STREAM = 0x454F54
 
 EmbedFn = Callable[..., jax.Array]
 
@@ -73,6 +77,10 @@ class AscentConfig:
     upper: ``U`` of the reduced hull (``"opom-convex"``).
     solver: QP solver for the hull coefficients.
     dfanet: whether the network is called with a fresh dropout key at every step (Eq. 15).
+    eot: channels of :mod:`opomjax.core.transfer` to average the gradient over (expectation over
+      transformation); empty: none.
+    eot_samples: random channel draws per step under ``eot``.
+    eot_rounding: the 8-bit rounding's gradient under ``eot``: ``"ste"`` or ``"cubic"``.
   """
 
   method: str = "opom-convex"
@@ -85,6 +93,9 @@ class AscentConfig:
   upper: float = 1.0
   solver: str = "osqp"
   dfanet: bool = False
+  eot: tuple[str, ...] = ()
+  eot_samples: int = 4
+  eot_rounding: str = "ste"
 
 
 class AscentState(NamedTuple):
@@ -156,7 +167,12 @@ def ascent_step(cfg: AscentConfig, net: Network, images: jax.Array, clean: jax.A
   else:
     adv_key = None
   masked = jnp.clip(images + state.delta, 0.0, 255.0)
-  value, grad = jax.value_and_grad(image_objective, argnums=2)(cfg, net, masked, clean, t, adv_key)
+  if cfg.eot:  # the gradient averaged over random channels (opomjax.core.transfer), its own key stream
+    eot_key = jax.random.fold_in(jax.random.fold_in(key, t), EOT_KEY_STREAM)
+    value, grad = transfer.eot_gradient(lambda x: image_objective(cfg, net, x, clean, t, adv_key), masked,
+                                        eot_key, cfg.eot_samples, cfg.eot, rounding=cfg.eot_rounding)
+  else:
+    value, grad = jax.value_and_grad(image_objective, argnums=2)(cfg, net, masked, clean, t, adv_key)
   mean_grad = jnp.mean(grad, axis=0)
   velocity = state.velocity
   direction = mean_grad
@@ -415,6 +431,12 @@ def validate_config(cfg: AscentConfig, n_images: int, *, allow_large_epsilon: bo
     raise ValueError(f"solver must be one of {hulls.SOLVERS}, got {cfg.solver!r}")
   if not isinstance(cfg.dfanet, (bool, np.bool_)):
     raise ValueError(f"dfanet must be True or False, got {cfg.dfanet!r}")
+  if cfg.eot:
+    transfer.check_channels(cfg.eot)
+    if not _is_integer(cfg.eot_samples) or cfg.eot_samples < 1:
+      raise ValueError(f"eot_samples must be a positive integer, got {cfg.eot_samples!r}")
+    if cfg.eot_rounding not in transfer.ROUNDINGS:
+      raise ValueError(f"eot_rounding must be one of {transfer.ROUNDINGS}, got {cfg.eot_rounding!r}")
   if cfg.method == "opom-convex":
     if np.isnan(cfg.lower) or np.isnan(cfg.upper):
       raise ValueError(f"lower and upper must be numbers, got lower={cfg.lower}, upper={cfg.upper}")
@@ -504,7 +526,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    solver: str = "osqp", parallel: str | None = None, dfanet: bool = False, params: Any = None,
                    devices: Sequence[jax.Device] | None = None, return_trace: bool = False,
                    allow_large_epsilon: bool = False, progress: ProgressFn | bool | None = None,
-                   steps_per_call: int | None = None):
+                   steps_per_call: int | None = None, eot: Sequence[str] = (), eot_samples: int = 4,
+                   eot_rounding: str = "ste"):
   """One universal privacy mask per identity (OPOM and the methods it is compared with).
 
   The whole ascent is one jitted ``lax.scan`` per identity, vmapped over identities and optionally spread
@@ -557,6 +580,13 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
       ``progress(done_steps, steps)`` called after every piece.
     steps_per_call: steps per piece when running in pieces; default (with ``progress``) the largest divisor
       of ``steps`` not above ``steps / 8`` rounded up, so that every piece is the same compiled program.
+    eot: expectation over transformation: names of :data:`opomjax.core.transfer.EOT_CHANNELS` (``"none"``,
+      ``"jpeg"``, ``"resize"``, ``"blur"``); each step averages the gradient over ``eot_samples`` channels drawn
+      from them (:func:`opomjax.core.transfer.eot_gradient`), so that the mask survives being saved at 8 bits,
+      re-encoded, resized or smoothed. Empty (default): the plain gradient. Costs ``eot_samples`` forward +
+      backward passes per step.
+    eot_samples: draws per step under ``eot``.
+    eot_rounding: gradient of the 8-bit rounding under ``eot``: ``"ste"`` (straight-through) or ``"cubic"``.
 
   Returns:
     Masks ``(k, H, W, 3)`` float32 with ``|mask| <= epsilon`` (``"fi-uap-all"``: the same mask for every
@@ -596,7 +626,10 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                      step_size=_as_number(step_size, "step_size"), steps=steps,
                      momentum=None if momentum is None else _as_number(momentum, "momentum"),
                      warmup_center_steps=warmup_center_steps, lower=_as_number(lower, "lower"),
-                     upper=_as_number(upper, "upper"), solver=solver, dfanet=dfanet)
+                     upper=_as_number(upper, "upper"), solver=solver, dfanet=dfanet,
+                     eot=tuple(n.strip() for n in eot.split(",") if n.strip()) if isinstance(eot, str)
+                     else tuple(eot), eot_samples=eot_samples,
+                     eot_rounding=eot_rounding)
   if not isinstance(images, jax.Array):
     try:
       images = np.asarray(images)

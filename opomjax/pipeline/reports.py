@@ -22,7 +22,7 @@ METRIC_KEYS = ("top1", "top5", "top10", "clean_top1", "clean_top5", "cos_before"
 #: existed lack them.
 SETTING_KEYS = (
     "dataset", "num_identities", "frame", "epsilon", "step_size", "steps", "momentum", "dropout", "seed",
-    "group_size", "lower", "upper", "warmup_center_steps", "solver", "settings_id",
+    "group_size", "lower", "upper", "warmup_center_steps", "solver", "eot", "eot_samples", "settings_id",
 )
 
 #: What the probes went through before the target embedded them (``opomjax.faces.channel``), and the protection

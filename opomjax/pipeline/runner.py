@@ -94,9 +94,16 @@ def uses_mdfa(config) -> bool:
   return bool(config.momentum) or config.dropout > 0
 
 
+def variant_suffix(config, separator: str) -> str:
+  """``mdfa`` (momentum + DFANet) and ``eot`` (expectation over transformation) joined by ``separator``."""
+  parts = ["mdfa"] * uses_mdfa(config) + ["eot"] * bool(settings_lib.eot_channels(config))
+  return "".join(separator + p for p in parts)
+
+
 def run_name(method: str, config) -> str:
-  """E.g. ``opom-convex-dlib_resnet`` or ``opom-convex-dlib_resnet-mdfa`` (momentum + DFANet)."""
-  return f"{method}-{config.surrogate}" + ("-mdfa" if uses_mdfa(config) else "")
+  """E.g. ``opom-convex-dlib_resnet``, ``opom-convex-dlib_resnet-mdfa`` (momentum + DFANet) or
+  ``opom-convex-dlib_resnet-eot`` (expectation over transformation)."""
+  return f"{method}-{config.surrogate}" + variant_suffix(config, "-")
 
 
 def identity_groups(num_identities: int, group_size: int) -> list[np.ndarray]:
@@ -332,7 +339,7 @@ def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache,
                                                desc=desc(f"{method} masked, {condition}")).reshape(k, m, -1)
         rates = opomjax.protection_success_rate(masked, clean, distractors, ks=ks)
         rows.append(dict(
-            method=method, surrogate=config.surrogate + ("+mdfa" if uses_mdfa(config) else ""),
+            method=method, surrogate=config.surrogate + variant_suffix(config, "+"),
             target=target_name, condition=condition,
             **row_settings(config, protocol, method),
             **{f"top{t}": float(rates[t]) if t in rates else None for t in (1, 5, 10)},

@@ -3,8 +3,9 @@
 Every mask file the runner writes carries ``metadata["settings"]``, the union of
 
 * the **config settings** of its method (:func:`generation_settings`): every config field that changes the
-  mask — method, surrogate, ε, step size, steps, momentum, DFANet dropout, seed, group size, data set, and for
-  OPOM-ConvexHull the hull bounds, warm-up steps and QP solver. They are known before any data or model is
+  mask — method, surrogate, ε, step size, steps, momentum, DFANet dropout, seed, group size, data set, for
+  OPOM-ConvexHull the hull bounds, warm-up steps and QP solver, and the EOT channels, draws and rounding when
+  EOT is on. They are known before any data or model is
   loaded, so a rerun with another ε is refused at once (:func:`check_workdir`);
 * the **data settings** of its identity's group (:func:`group_settings`): the frame, the group's index and size
   and the content hash of its training photos (together with the seed they fix the group's random start), and
@@ -57,12 +58,21 @@ def mask_options(config, method: str) -> dict:
   options = dict(
       method=method, epsilon=float(config.epsilon), step_size=float(config.step_size), steps=int(config.steps),
       momentum=float(config.momentum) if config.momentum else None, dfanet=float(config.dropout) > 0)
+  eot = eot_channels(config)
+  if eot:
+    options.update(eot=eot, eot_samples=int(config.get("eot_samples", 4)),
+                   eot_rounding=str(config.get("eot_rounding", "ste")))
   if method == "opom-convex":
     options.update(
         lower=float(config.lower), upper=float(config.upper),
         warmup_center_steps=int(config.get("warmup_center_steps", ascent.OFFICIAL_WARMUP_CENTER_STEPS)),
         solver=str(config.get("solver", "osqp")))
   return options
+
+
+def eot_channels(config) -> tuple[str, ...]:
+  """``config.eot`` (comma-separated channels of ``opomjax.core.transfer``; empty: no EOT) as a tuple."""
+  return tuple(n.strip() for n in str(config.get("eot", "") or "").split(",") if n.strip())
 
 
 def generation_settings(config, method: str) -> dict:
@@ -76,6 +86,9 @@ def generation_settings(config, method: str) -> dict:
   if config.dataset.name == "synthetic":
     settings["images_per_split"] = int(config.dataset.get("images_per_split", 2))
   settings.update({k: options[k] for k in CONVEX_ONLY if k in options})
+  if "eot" in options:  # recorded only when on, so that masks made before EOT existed keep their record
+    settings.update(eot=",".join(options["eot"]), eot_samples=options["eot_samples"],
+                    eot_rounding=options["eot_rounding"])
   return settings
 
 

@@ -15,8 +15,10 @@ import tempfile
 
 from opomjax.core import ascent
 from opomjax.core import hulls
+from opomjax.core import transfer
 from opomjax.faces import channel
 from opomjax.models import registry
+from opomjax.pipeline import settings as settings_lib
 
 #: Method names accepted in configs, in the order the paper's tables list them.
 METHODS = ("fi-uap", "fi-uap+", "fi-uap-all", "gd-uap", "opom-affine", "opom-center", "opom-convex")
@@ -173,6 +175,17 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) ->
     check_integer(config.get("warmup_center_steps", 0), "config.warmup_center_steps", minimum=0)
     if config.get("solver", "osqp") not in hulls.SOLVERS:
       raise ValueError(f"config.solver must be one of {', '.join(hulls.SOLVERS)}, got {config.solver!r}")
+  eot = settings_lib.eot_channels(config)
+  if eot:
+    try:
+      transfer.check_channels(eot)
+    except ValueError:
+      raise ValueError(f"config.eot: unknown channel in {config.eot!r}; use a comma-separated subset of "
+                       f"{', '.join(transfer.EOT_CHANNELS)} (empty: no EOT)") from None
+    check_integer(config.get("eot_samples", 4), "config.eot_samples")
+    if config.get("eot_rounding", "ste") not in transfer.ROUNDINGS:
+      raise ValueError(f"config.eot_rounding must be one of {', '.join(transfer.ROUNDINGS)}, "
+                       f"got {config.eot_rounding!r}")
   if (config.parallel or "") not in PARALLEL_VALUES:
     raise ValueError(f"config.parallel must be one of {', '.join(PARALLEL_VALUES[1:])}, got {config.parallel!r}")
   check_dataset(config.dataset)

@@ -1,0 +1,222 @@
+"""Differentiable versions of what a photo goes through after it is saved: expectation over transformation.
+
+A mask is computed on float images but judged on photos that were rounded to 8 bits, maybe re-encoded as JPEG,
+shrunk or smoothed (:mod:`opomjax.faces.channel` applies the real codecs). Averaging the ascent gradient over
+random differentiable versions of those channels (expectation over transformation, EOT: Athalye et al.,
+"Synthesizing Robust Adversarial Examples", ICML 2018) makes the mask survive them. Every function here is pure
+JAX on float images ``(..., H, W, 3)`` in [0, 255]:
+
+* :func:`round_ste` / :func:`round_cubic`: 8-bit rounding with a straight-through gradient (Bengio et al. 2013)
+  or the smooth cubic approximation of Shin & Song ("JPEG-resistant adversarial images", NIPS 2017 workshop);
+* :func:`jpeg_approx`: baseline JPEG as libjpeg computes it (JFIF YCbCr, 4:2:0 chroma, 8x8 orthonormal DCT, the
+  IJG-scaled Annex K quantisation tables of a given quality, rounding, and back), differentiable through the
+  rounding;
+* :func:`resize_round_trip`: down-scaling and back (antialiased bicubic, as Pillow resizes);
+* :func:`gaussian_blur`: a separable Gaussian of a given sigma;
+* :func:`random_channel`: one of those drawn at random with random parameters from a key, then rounded to 8
+  bits; :func:`eot_gradient` averages a gradient over ``K`` such draws.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: Channels :func:`random_channel` can draw; "none" is the 8-bit rounding alone.
+EOT_CHANNELS = ("none", "jpeg", "resize", "blur")
+
+#: Ranges of the random parameters: JPEG quality, resize factor (one of these, static shapes), blur sigma.
+JPEG_QUALITY_RANGE = (50.0, 95.0)
+RESIZE_FACTORS = (0.5, 0.625, 0.75, 0.875)
+BLUR_SIGMA_RANGE = (0.5, 1.5)
+
+ROUNDINGS = ("ste", "cubic")
+
+# ITU-T T.81 Annex K tables (quality 50), rows of the 8x8 block in natural order.
+_LUMA_TABLE = np.array([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], np.float32)
+_CHROMA_TABLE = np.full((8, 8), 99.0, np.float32)
+_CHROMA_TABLE[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
+
+
+def round_ste(x: jax.Array) -> jax.Array:
+  """``round(x)`` forward, identity backward (straight-through estimator)."""
+  return x + jax.lax.stop_gradient(jnp.round(x) - x)
+
+
+def round_cubic(x: jax.Array) -> jax.Array:
+  """Shin & Song's smooth rounding ``round(x) + (x - round(x))^3``: equal to ``round(x)`` within 0.125, with a
+  gradient ``3 (x - round(x))^2`` that is zero at integers and 0.75 half-way between them."""
+  r = jax.lax.stop_gradient(jnp.round(x))
+  return r + (x - r) ** 3
+
+
+def _rounder(rounding: str) -> Callable[[jax.Array], jax.Array]:
+  if rounding not in ROUNDINGS:
+    raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+  return round_ste if rounding == "ste" else round_cubic
+
+
+def quantisation_tables(quality) -> tuple[jax.Array, jax.Array]:
+  """The luminance and chrominance tables libjpeg uses at ``quality`` (1..100; may be traced).
+
+  IJG scaling: ``s = 5000 / q`` below 50, ``200 - 2 q`` from 50; ``table = floor((T s + 50) / 100)`` in [1, 255].
+  """
+  q = jnp.clip(jnp.asarray(quality, jnp.float32), 1.0, 100.0)
+  scale = jnp.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q)
+  make = lambda t: jnp.clip(jnp.floor((jnp.asarray(t) * scale + 50.0) / 100.0), 1.0, 255.0)
+  return make(_LUMA_TABLE), make(_CHROMA_TABLE)
+
+
+def _dct_matrix() -> np.ndarray:
+  """The orthonormal 8-point DCT-II matrix ``C[k, n] = a(k) cos(pi (2n + 1) k / 16)``."""
+  k, n = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+  c = np.cos(np.pi * (2 * n + 1) * k / 16) * np.sqrt(2 / 8)
+  c[0] /= np.sqrt(2)
+  return c.astype(np.float32)
+
+
+def _blocks(x: jax.Array) -> jax.Array:
+  """``(..., H, W)`` -> ``(..., H/8, W/8, 8, 8)``."""
+  *lead, h, w = x.shape
+  return x.reshape(*lead, h // 8, 8, w // 8, 8).swapaxes(-3, -2)
+
+
+def _unblocks(x: jax.Array) -> jax.Array:
+  *lead, bh, bw, _, _ = x.shape
+  return x.swapaxes(-3, -2).reshape(*lead, bh * 8, bw * 8)
+
+
+def _quantise_plane(plane: jax.Array, table: jax.Array, rounding: Callable) -> jax.Array:
+  """One level-shifted plane ``(..., H, W)`` (H, W multiples of 8) through DCT, quantisation and back."""
+  c = jnp.asarray(_dct_matrix())
+  hp = jax.lax.Precision.HIGHEST
+  coeffs = jnp.einsum("kn,...nm,lm->...kl", c, _blocks(plane), c, precision=hp)
+  coeffs = rounding(coeffs / table) * table
+  return _unblocks(jnp.einsum("kn,...kl,lm->...nm", c, coeffs, c, precision=hp))
+
+
+def rgb_to_ycbcr(rgb: jax.Array) -> jax.Array:
+  """JFIF full-range YCbCr of RGB in [0, 255] (channels last)."""
+  m = jnp.asarray([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+  return jnp.einsum("...c,kc->...k", rgb, m, precision=jax.lax.Precision.HIGHEST) + jnp.asarray([0.0, 128.0, 128.0])
+
+
+def ycbcr_to_rgb(ycc: jax.Array) -> jax.Array:
+  """The inverse of :func:`rgb_to_ycbcr`."""
+  m = jnp.asarray([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]])
+  return jnp.einsum("...c,kc->...k", ycc - jnp.asarray([0.0, 128.0, 128.0]), m,
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+def jpeg_approx(images: jax.Array, quality, *, rounding: str = "ste") -> jax.Array:
+  """A differentiable JPEG round trip of ``images`` ``(..., H, W, 3)`` in [0, 255] at ``quality``.
+
+  As libjpeg with Pillow's defaults: JFIF YCbCr; chroma averaged over 2x2 pixels (4:2:0) and brought back by
+  bilinear interpolation at half-pixel centres (libjpeg's "fancy" upsampling); each plane level-shifted by 128,
+  8x8 orthonormal DCT, divided by the quality's table (:func:`quantisation_tables`), rounded, multiplied back,
+  inverse DCT; RGB clipped to [0, 255] and rounded to 8 bits. Edges are padded by replication to multiples of
+  16. ``rounding``: ``"ste"`` (exact rounding forward, straight-through gradient) or ``"cubic"`` (smooth).
+  The gap to Pillow's real codec (integer DCT, rounding of the colour conversion) is measured in
+  ``tests/test_transfer.py``.
+  """
+  rnd = _rounder(rounding)
+  *lead, h, w, _ = images.shape
+  ph, pw = -h % 16, -w % 16
+  pad = [(0, 0)] * len(lead) + [(0, ph), (0, pw), (0, 0)]
+  x = jnp.pad(jnp.asarray(images, jnp.float32), pad, mode="edge")
+  luma_table, chroma_table = quantisation_tables(quality)
+  ycc = rgb_to_ycbcr(x)
+  y = _quantise_plane(ycc[..., 0] - 128.0, luma_table, rnd) + 128.0
+  hh, ww = x.shape[-3], x.shape[-2]
+  chroma = ycc[..., 1:].reshape(*lead, hh // 2, 2, ww // 2, 2, 2).mean(axis=(-4, -2))
+  chroma = jnp.moveaxis(chroma, -1, -3)  # (..., 2, H/2, W/2)
+  chroma = _quantise_plane(chroma - 128.0, chroma_table, rnd) + 128.0
+  chroma = jax.image.resize(chroma, chroma.shape[:-2] + (hh, ww), method="linear", antialias=False)
+  out = ycbcr_to_rgb(jnp.concatenate([y[..., None], jnp.moveaxis(chroma, -3, -1)], axis=-1))
+  return rnd(jnp.clip(out, 0.0, 255.0))[..., :h, :w, :]
+
+
+def resize_round_trip(images: jax.Array, factor: float) -> jax.Array:
+  """``images`` ``(..., H, W, 3)`` shrunk by ``factor`` (static) and enlarged back, antialiased bicubic."""
+  *lead, h, w, c = images.shape
+  small = (max(1, round(h * factor)), max(1, round(w * factor)))
+  down = jax.image.resize(images, (*lead, *small, c), method="cubic", antialias=True)
+  return jax.image.resize(down, images.shape, method="cubic", antialias=True)
+
+
+def gaussian_blur(images: jax.Array, sigma, radius: int = 4) -> jax.Array:
+  """``images`` ``(..., H, W, 3)`` convolved with a normalised Gaussian of ``sigma`` (may be traced), separably,
+  ``2 radius + 1`` taps, edges replicated."""
+  taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  kernel = jnp.exp(-0.5 * (taps / sigma) ** 2)
+  kernel = kernel / kernel.sum()
+  x = jnp.asarray(images, jnp.float32)
+  nd = x.ndim
+  for axis in (nd - 3, nd - 2):
+    pad = [(0, 0)] * nd
+    pad[axis] = (radius, radius)
+    padded = jnp.pad(x, pad, mode="edge")
+    size = x.shape[axis]
+    x = sum(kernel[i] * jax.lax.slice_in_dim(padded, i, i + size, axis=axis) for i in range(2 * radius + 1))
+  return x
+
+
+def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
+  """``channels`` as a tuple of :data:`EOT_CHANNELS` names; ValueError naming an unknown one."""
+  channels = tuple(channels)
+  unknown = [c for c in channels if c not in EOT_CHANNELS]
+  if unknown or not channels:
+    raise ValueError(f"EOT channels must be a non-empty subset of {EOT_CHANNELS}, got {channels!r}")
+  return channels
+
+
+def random_channel(key: jax.Array, images: jax.Array, channels: Sequence[str] = EOT_CHANNELS[1:], *,
+                   rounding: str = "ste") -> jax.Array:
+  """``images`` through one channel of ``channels`` drawn uniformly from ``key``, with random parameters
+  (JPEG quality uniform in :data:`JPEG_QUALITY_RANGE`, a resize factor of :data:`RESIZE_FACTORS`, blur sigma
+  uniform in :data:`BLUR_SIGMA_RANGE`), then clipped and rounded to 8 bits as a saved photo."""
+  channels = check_channels(channels)
+  rnd = _rounder(rounding)
+  choice_key, quality_key, sigma_key, factor_key = jax.random.split(key, 4)
+  quality = jax.random.uniform(quality_key, (), minval=JPEG_QUALITY_RANGE[0], maxval=JPEG_QUALITY_RANGE[1])
+  sigma = jax.random.uniform(sigma_key, (), minval=BLUR_SIGMA_RANGE[0], maxval=BLUR_SIGMA_RANGE[1])
+  factor_index = jax.random.randint(factor_key, (), 0, len(RESIZE_FACTORS))
+
+  def resize(x):
+    return jax.lax.switch(factor_index, [functools.partial(resize_round_trip, factor=f) for f in RESIZE_FACTORS], x)
+
+  branches = {
+      "none": lambda x: x,
+      "jpeg": lambda x: jpeg_approx(x, quality, rounding=rounding),
+      "resize": resize,
+      "blur": lambda x: gaussian_blur(x, sigma),
+  }
+  index = jax.random.randint(choice_key, (), 0, len(channels))
+  out = jax.lax.switch(index, [branches[c] for c in channels], jnp.asarray(images, jnp.float32))
+  return rnd(jnp.clip(out, 0.0, 255.0))
+
+
+def eot_gradient(fn: Callable[[jax.Array], jax.Array], images: jax.Array, key: jax.Array, samples: int,
+                 channels: Sequence[str] = EOT_CHANNELS[1:], *, rounding: str = "ste") -> tuple[jax.Array, jax.Array]:
+  """Mean value and gradient of ``fn(random_channel(key_s, images))`` over ``samples`` keys ``key_s``.
+
+  .. math:: \\nabla_x\\, \\mathbb{E}_{T}\\, J(T(x)) \\approx \\frac{1}{K} \\sum_{s=1}^{K} \\nabla_x J(T_s(x))
+
+  The samples run one after the other (``lax.scan``), so memory holds one sample's activations at a time.
+  """
+  keys = jax.random.split(key, samples)
+
+  def one(total, sample_key):
+    value, grad = jax.value_and_grad(lambda x: fn(random_channel(sample_key, x, channels, rounding=rounding)))(
+        images)
+    return total + grad, value
+
+  total, values = jax.lax.scan(one, jnp.zeros_like(images), keys)
+  return jnp.mean(values), total / samples
