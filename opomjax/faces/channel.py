@@ -14,6 +14,11 @@ recogniser embeds it. Each *condition* here is one such channel, applied to a ba
 ``blur``       ... then a mild Gaussian blur (Pillow ``GaussianBlur(radius=1)``), rounded to 8 bits
 =============  =================================================================================================
 
+Two more conditions act on the whole photo, not on the chip (:data:`PHOTO_CONDITIONS`, evaluated by
+:mod:`opomjax.pipeline.photos`): the mask is warped into the original photo, the photo is saved as PNG
+(``photo_png``, lossless) or as JPEG at quality 75 (``photo_jpeg75``), and the recogniser finds and aligns the
+face again itself. :func:`save_photo` is their codec step.
+
 Example:
   >>> import numpy as np
   >>> from opomjax.faces import channel
@@ -30,8 +35,12 @@ import numpy as np
 from PIL import Image
 from PIL import ImageFilter
 
-#: Every condition name, in the order tables list them.
-CONDITIONS = ("float", "none", "jpeg90", "jpeg75", "jpeg50", "resize0.5", "blur")
+#: Conditions applied to the chip (:func:`apply_condition`), in the order tables list them.
+CHIP_CONDITIONS = ("float", "none", "jpeg90", "jpeg75", "jpeg50", "resize0.5", "blur")
+#: Conditions applied to the whole photo, the face found again afterwards (:mod:`opomjax.pipeline.photos`).
+PHOTO_CONDITIONS = ("photo_png", "photo_jpeg75")
+#: Every condition name.
+CONDITIONS = CHIP_CONDITIONS + PHOTO_CONDITIONS
 
 JPEG_QUALITIES = {"jpeg90": 90, "jpeg75": 75, "jpeg50": 50}
 RESIZE_FACTOR = 0.5
@@ -102,6 +111,8 @@ def apply_condition(images, condition: str) -> np.ndarray:
     ValueError: an unknown condition or images not shaped ``(N, H, W, 3)``.
   """
   (condition,) = parse_conditions([condition])
+  if condition in PHOTO_CONDITIONS:
+    raise ValueError(f"condition {condition!r} acts on whole photos (opomjax.pipeline.photos), not on chips")
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"images must be (N, H, W, 3); got {images.shape}")
@@ -115,3 +126,16 @@ def apply_condition(images, condition: str) -> np.ndarray:
   elif condition == "blur":
     saved = gaussian_blur(saved)
   return saved.astype(np.float32)
+
+
+def save_photo(photo: np.ndarray, condition: str) -> np.ndarray:
+  """A whole ``(h, w, 3)`` uint8 photo as read back after saving it under a photo condition: ``photo_png``
+  returns it unchanged (PNG is lossless), ``photo_jpeg75`` after a Pillow JPEG round trip at quality 75."""
+  if condition not in PHOTO_CONDITIONS:
+    raise ValueError(f"save_photo: condition must be one of {', '.join(PHOTO_CONDITIONS)}, got {condition!r}")
+  photo = np.asarray(photo)
+  if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[-1] != 3:
+    raise ValueError(f"photo must be (h, w, 3) uint8; got {photo.shape} {photo.dtype}")
+  if condition == "photo_png":
+    return photo
+  return jpeg_round_trip(photo[None], 75)[0]

@@ -27,8 +27,8 @@ SETTING_KEYS = (
 
 #: What the probes went through before the target embedded them (``opomjax.faces.channel``), and the protection
 #: success rate of the unmasked probes through the same channel. Rows written before conditions existed lack
-#: them: they were measured on float probes (condition ``float``).
-CONDITION_KEYS = ("condition", "channel_top1", "channel_top5")
+#: them: they were measured on float probes (condition ``float``). ``faces_lost``: photo conditions only.
+CONDITION_KEYS = ("condition", "channel_top1", "channel_top5", "faces_lost")
 
 #: Columns of the results files, in order.
 RESULT_KEYS = ("method", "surrogate", "target", "condition") + SETTING_KEYS + METRIC_KEYS + CONDITION_KEYS[1:]

@@ -40,6 +40,7 @@ from opomjax.faces import channel as channel_lib
 from opomjax.models import checkpoints
 from opomjax.pipeline import features as features_lib
 from opomjax.pipeline import masks as masks_lib
+from opomjax.pipeline import photos as photos_lib
 from opomjax.pipeline import reports
 from opomjax.pipeline import settings as settings_lib
 from opomjax.pipeline import validate
@@ -294,20 +295,43 @@ def target_cache_key(name: str, target) -> str:
   return key
 
 
+def photo_probes(config, protocol, workdirs: dict, conditions, *, show_progress=True) -> dict:
+  """For each photo condition of ``conditions``: ``{(method or None, condition): (chips, lost)}``, the chips a
+  system finds in the saved test photos with each method's masks (None: unmasked), see
+  :func:`opomjax.pipeline.photos.realigned_chips`. Empty without photo conditions."""
+  wanted = [c for c in conditions if c in channel_lib.PHOTO_CONDITIONS]
+  if not wanted:
+    return {}
+  from opomjax import data  # pylint: disable=g-import-not-at-top
+
+  lfw_dir = data.find_lfw_dir(config.dataset.get("lfw_dir") or None)
+  zeros = np.zeros((len(protocol.names),) + protocol.test.shape[2:], np.float32)
+  probes = {}
+  for condition in wanted:
+    for method, masks in [(None, zeros)] + [(m, load_masks(w, protocol.names)) for m, w in workdirs.items()]:
+      desc = f"{method or 'unmasked'} photos, {condition}" if show_progress else None
+      probes[(method, condition)] = photos_lib.realigned_chips(protocol, masks, lfw_dir, condition, desc=desc)
+  return probes
+
+
 def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache, *, show_progress=True) -> list:
   """Protection success rates of the masks in each ``workdirs[method]`` against every target in the config,
   under every condition of ``config.conditions`` (:mod:`opomjax.faces.channel`; default ``none``: the masked
-  probe rounded to 8 bits as a saved photo holds it).
+  probe rounded to 8 bits as a saved photo holds it; ``photo_png`` / ``photo_jpeg75``: the mask put into the
+  original photo, saved, and the face found again, :mod:`opomjax.pipeline.photos`).
 
   Each row carries the settings the masks were made with (``reports.SETTING_KEYS``), its ``condition``, and
   ``channel_top1/5``: the protection success rate of the *unmasked* probes through the same channel (what the
-  channel alone does; the clean rate for ``none`` and ``float``). The gallery and distractors stay clean.
+  channel alone does; the clean rate for ``none`` and ``float``). The gallery and distractors stay clean. Photo
+  conditions add ``faces_lost``: test photos in which no face was found any more; such a probe matches nothing
+  (a zero feature) and counts as protected.
   """
   rows = []
   k, m = protocol.test.shape[:2]
   flat_test = protocol.test.reshape((k * m,) + protocol.test.shape[2:])
   ks = tuple(t for t in (1, 5, 10) if t <= len(protocol.distractors) + 1)  # no rank beyond the gallery
   conditions = validate.conditions(config)
+  photo_chips = photo_probes(config, protocol, workdirs, conditions, show_progress=show_progress)
   allow_random = bool(config.get("allow_random_weights", False))
   for target_name in validate.split_names(config.targets):
     try:
@@ -319,24 +343,33 @@ def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache,
     batch = int(config.eval_batch_size)
     desc = (lambda what: f"{target_name} {what}") if show_progress else (lambda what: None)
     cache_key = target_cache_key(target_name, target)
-    clean = cache.get_or_compute(cache_key, flat_test, lambda x: features_lib.embed_in_batches(
-        embed, x, batch_size=batch, desc=desc("clean test")))
-    distractors = cache.get_or_compute(cache_key, protocol.distractors, lambda x: features_lib.embed_in_batches(
-        embed, x, batch_size=batch, desc=desc("distractors")))
+    embed_cached = lambda images, what: cache.get_or_compute(cache_key, images, lambda x: (
+        features_lib.embed_in_batches(embed, x, batch_size=batch, desc=desc(what))))
+    clean = embed_cached(flat_test, "clean test")
+    distractors = embed_cached(protocol.distractors, "distractors")
     clean = clean.reshape(k, m, -1)
     clean_rates = opomjax.protection_success_rate(clean, clean, distractors, ks=ks)
+
+    def probes(method, condition):
+      """Features of the probes of ``method`` (None: unmasked) under ``condition``, and the faces lost."""
+      if condition in channel_lib.PHOTO_CONDITIONS:
+        chips, lost = photo_chips[(method, condition)]
+        features = embed_cached(chips, f"{method or 'unmasked'} photos, {condition}").copy()
+        features[lost] = 0.0
+        return features.reshape(k, m, -1), int(lost.sum())
+      if method is None:  # unmasked chips through the channel, cached by content
+        return embed_cached(channel_lib.apply_condition(flat_test, condition).astype(np.uint8),
+                            f"{condition} unmasked").reshape(k, m, -1), None
+      masks = np.repeat(load_masks(workdirs[method], protocol.names), m, axis=0)
+      return features_lib.embed_in_batches(embed, flat_test, masks=masks, condition=condition, batch_size=batch,
+                                           desc=desc(f"{method} masked, {condition}")).reshape(k, m, -1), None
+
     for condition in conditions:
       channel_rates = clean_rates
-      if condition not in ("none", "float"):  # the channel alone: unmasked probes through it (cached)
-        through = channel_lib.apply_condition(flat_test, condition).astype(np.uint8)
-        unmasked = cache.get_or_compute(cache_key, through, lambda x: features_lib.embed_in_batches(
-            embed, x, batch_size=batch, desc=desc(f"{condition} unmasked")))
-        channel_rates = opomjax.protection_success_rate(unmasked.reshape(k, m, -1), clean, distractors, ks=ks)
+      if condition not in ("none", "float"):  # the channel alone: unmasked probes through it
+        channel_rates = opomjax.protection_success_rate(probes(None, condition)[0], clean, distractors, ks=ks)
       for method, workdir in workdirs.items():
-        masks = np.repeat(load_masks(workdir, protocol.names), m, axis=0)
-        masked = features_lib.embed_in_batches(embed, flat_test, masks=masks, condition=condition,
-                                               batch_size=batch,
-                                               desc=desc(f"{method} masked, {condition}")).reshape(k, m, -1)
+        masked, lost = probes(method, condition)
         rates = opomjax.protection_success_rate(masked, clean, distractors, ks=ks)
         rows.append(dict(
             method=method, surrogate=config.surrogate + variant_suffix(config, "+"),
@@ -349,6 +382,7 @@ def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache,
             channel_top5=float(channel_rates[5]) if 5 in channel_rates else None,
             cos_before=mean_pair_cosine(clean, clean), cos_after=mean_pair_cosine(masked, clean),
             seconds=generation_seconds(workdir),
+            **({} if lost is None else {"faces_lost": lost}),
         ))
   return rows
 

@@ -197,9 +197,14 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) ->
 def conditions(config) -> tuple[str, ...]:
   """``config.conditions`` (default ``none``: the probe as a saved 8-bit photo) as checked condition names."""
   try:
-    return channel.parse_conditions(config.get("conditions", "none"))
+    names = channel.parse_conditions(config.get("conditions", "none"))
   except ValueError as e:
     raise ValueError(f"config.{e}") from None
+  photo = [n for n in names if n in channel.PHOTO_CONDITIONS]
+  if photo and config.dataset.name == "synthetic":
+    raise ValueError(f"config.conditions: {', '.join(photo)} put the mask into the original photos; the synthetic "
+                     "data set has none")
+  return names
 
 
 def check_reduced_hull(config, methods, images_per_identity: int) -> None:
