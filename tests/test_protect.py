@@ -454,6 +454,8 @@ def assert_one_line_error(status, out, err, *needles):
     (["--method=opom-nothing"], "method"),
     (["--face=tallest"], "--face"),
     (["--surrogate_weights=1,2", "--surrogates=dlib_resnet"], "weights"),
+    (["--eot=jpeg,gif"], "EOT channels"),
+    (["--eot=jpeg", "--eot_samples=0"], "eot_samples"),
 ])
 def test_bad_arguments_are_one_line_errors_before_any_work(capsys, tmp_path, photo_folder, no_work, flags, needle):
   status, out, err = run_cli(capsys, "--photos", photo_folder, "--out", tmp_path / "out", *flags)
@@ -567,3 +569,14 @@ def test_face_flag_takes_one_rule_and_faces_by_name():
   assert protect.files._face_indices({"party.jpg": 1, "b": 0}, paths) == {0: 1, 1: 0}  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="names no"):
     protect.files._face_indices({"c.jpg": 0}, paths)  # pylint: disable=protected-access
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_eot_option_reaches_the_ascent_and_is_recorded(person_photos, detector, dlib_model):
+  run = lambda **kw: protect.protect_photos(person_photos[:3], surrogates=(dlib_model,), detector=detector, steps=1,
+                                            show_progress=False, **kw)
+  plain, robust = run(), run(eot=("jpeg", "blur"), eot_samples=2)
+  assert robust.metadata["eot"] == "jpeg,blur" and robust.metadata["eot_samples"] == 2
+  assert plain.metadata["eot"] == "" and np.abs(robust.mask).max() <= 8.0
+  assert not np.array_equal(plain.mask, robust.mask)

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
   add("--momentum", type=float, default=None, help="momentum decay (Eq. 14; default none)")
   add("--dropout", type=float, default=None, help="DFANet dropout rate of the surrogates (default 0: off)")
   add("--seed", type=int, default=None, help="seed of the mask's random start (default 0)")
+  add("--eot", type=_comma_list, default=None, metavar="CHANNELS",
+      help="make the mask survive saving and re-encoding: average each step over random versions of these "
+           "channels, e.g. none,jpeg,resize,blur (default: off; costs --eot_samples times the steps)")
+  add("--eot_samples", type=int, default=None, help="random channel draws per step with --eot (default 4)")
   add("--feather", type=float, default=None, help="pixels over which the mask fades out at the face region's edge")
   add("--min_face_size", type=float, default=None, help="faces smaller than this (pixels) are left unprotected")
   add("--format", dest="image_format", choices=("png", "jpeg"), default="png",
@@ -111,7 +115,7 @@ def _options(args: argparse.Namespace) -> dict:
       raise UsageError(f"--surrogate_weights must be numbers, got {','.join(args.surrogate_weights)}") from None
   mask_settings = dict(surrogates=args.surrogates, surrogate_weights=weights, method=args.method,
                        epsilon=args.epsilon, steps=args.steps, step_size=args.step_size, momentum=args.momentum,
-                       dropout=args.dropout, key=args.seed)
+                       dropout=args.dropout, key=args.seed, eot=args.eot, eot_samples=args.eot_samples)
   if args.mask is not None:
     given_settings = [f"--{'seed' if k == 'key' else k}" for k, v in mask_settings.items() if v is not None]
     if given_settings:

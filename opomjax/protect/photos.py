@@ -32,6 +32,7 @@ import opomjax
 from opomjax import faces as faces_lib
 from opomjax.core import ascent
 from opomjax.core import ensemble
+from opomjax.core import transfer
 from opomjax.faces import roundtrip as roundtrip_lib
 from opomjax.frame import CANONICAL
 from opomjax.models import base
@@ -410,7 +411,8 @@ def check_options(*, method: str = "opom-convex", epsilon: float = 8.0, steps: i
                   step_size: float = 1.0, momentum: float | None = None, dropout: float = 0.0,
                   feather: float = 0.0, min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE,
                   select: str = "similar", surrogate_weights: Sequence[float] | None = None,
-                  surrogate_count: int | None = None, allow_large_epsilon: bool = False) -> None:
+                  surrogate_count: int | None = None, allow_large_epsilon: bool = False, eot: Sequence[str] = (),
+                  eot_samples: int = 4) -> None:
   """ValueError naming the first bad option of :func:`protect_photos`; pure Python, nothing is computed."""
   if method not in ascent.METHODS:
     raise ValueError(f"method must be one of {', '.join(ascent.METHODS)}; got {method!r}")
@@ -428,6 +430,10 @@ def check_options(*, method: str = "opom-convex", epsilon: float = 8.0, steps: i
   if surrogate_weights is not None:
     count = len(surrogate_weights) if surrogate_count is None else surrogate_count
     ensemble.check_weights(surrogate_weights, count)
+  if eot:
+    transfer.check_channels(eot)
+    if isinstance(eot_samples, bool) or not isinstance(eot_samples, (int, np.integer)) or eot_samples < 1:
+      raise ValueError(f"eot_samples must be a positive integer, got {eot_samples!r}")
 
 
 def _chooser(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -441,7 +447,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
                    min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE, select: str = "similar",
                    face_index: Mapping[int, int] | None = None, feather: float = 0.0, roundtrip: bool = True,
                    surrogate_weights: Sequence[float] | None = None, allow_large_epsilon: bool = False,
-                   allow_random_weights: bool = False, show_progress: bool = True) -> ProtectionResult:
+                   allow_random_weights: bool = False, eot: Sequence[str] = (), eot_samples: int = 4,
+                   show_progress: bool = True) -> ProtectionResult:
   """Computes one privacy mask for a person from their photos and adds it to each of them.
 
   Args:
@@ -470,6 +477,10 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
       again (:mod:`opomjax.faces.roundtrip`), instead of as added to the aligned chips.
     allow_large_epsilon: accept ``epsilon`` above :data:`MAX_EPSILON`.
     allow_random_weights: accept surrogate names of architectures without real weights (random networks).
+    eot: make the mask survive saving, re-encoding, resizing and smoothing: channels of
+      :data:`opomjax.core.transfer.EOT_CHANNELS` (e.g. ``("none", "jpeg", "resize", "blur")``) the gradient is
+      averaged over at every step; empty (default): off. Costs ``eot_samples`` times the ascent.
+    eot_samples: random channel draws per step under ``eot``.
     show_progress: progress bars and log lines.
 
   Returns:
@@ -483,7 +494,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
   check_options(method=method, epsilon=epsilon, steps=steps, step_size=step_size, momentum=momentum,
                 dropout=dropout, feather=feather, min_face_size=min_face_size, select=select,
                 surrogate_weights=surrogate_weights, allow_large_epsilon=allow_large_epsilon,
-                surrogate_count=len(surrogates) if not isinstance(surrogates, (str, base.FaceModel)) else 1)
+                surrogate_count=len(surrogates) if not isinstance(surrogates, (str, base.FaceModel)) else 1,
+                eot=tuple(eot), eot_samples=eot_samples)
   loaded = read_photos(photos)
   models = load_surrogates(surrogates, dropout, allow_random_weights=allow_random_weights)
   prng, seed = _as_key(key)
@@ -518,7 +530,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
   mask, trace = opomjax.generate_masks(
       embed, jnp.asarray(chips, jnp.float32), params=params, method=method, key=prng, epsilon=epsilon,
       step_size=step_size, steps=steps, momentum=momentum, dfanet=dropout > 0, return_trace=True,
-      allow_large_epsilon=allow_large_epsilon)
+      allow_large_epsilon=allow_large_epsilon, eot=tuple(eot), eot_samples=eot_samples)
   mask, trace = np.asarray(mask[0], np.float32), np.asarray(trace[0])
   if show_progress:
     log.info("mask computed in %.1f s", time.time() - start)
@@ -527,7 +539,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
                   steps=int(steps), seed=seed, step_size=float(step_size), momentum=float(momentum or 0.0),
                   dropout=float(dropout), roundtrip=bool(roundtrip), feather=float(feather),
                   surrogate_weights=None if surrogate_weights is None else list(surrogate_weights),
-                  faces=len(loaded) - len(skipped))
+                  faces=len(loaded) - len(skipped), eot=",".join(eot), eot_samples=int(eot_samples) if eot else 0)
   return ProtectionResult(photos=_apply(loaded, found, mask, feather), mask=mask, faces=found, skipped=skipped,
                           trace=trace, metadata=metadata, choices=choices, originals=loaded)
 
