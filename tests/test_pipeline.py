@@ -502,6 +502,7 @@ def test_merge_rows_keeps_rows_of_other_settings():
     (dict(conditions="none,jpeg80"), ValueError, "config.conditions: unknown 'jpeg80'"),
     (dict(eot="jpeg,gif"), ValueError, "config.eot: unknown channel"),
     (dict(conditions="none,photo_png"), ValueError, "config.conditions: photo_png put the mask into the original"),
+    (dict(targets="dlib_native"), ValueError, "config.targets: dlib_native (dlib's own detector"),
     (dict(eot="jpeg", eot_samples=0), ValueError, "config.eot_samples"),
     (dict(eot="jpeg", eot_rounding="floor"), ValueError, "config.eot_rounding"),
     (dict(momentum=-0.5), ValueError, "config.momentum"),

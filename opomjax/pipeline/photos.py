@@ -21,20 +21,15 @@ from opomjax import faces
 from opomjax.faces import channel
 
 
-def realigned_chips(protocol, masks, lfw_dir, condition: str, *, detector=None,
-                    desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """The chips a system finds in the protected, saved test photos of ``protocol``.
+def saved_photos(protocol, masks, lfw_dir, condition: str):
+  """The protected test photos of ``protocol`` as read back after saving under ``condition``, in the order of
+  the flattened test chips: yields ``(row, photo)`` with ``photo`` ``(h, w, 3)`` uint8.
 
   Args:
     protocol: a :class:`opomjax.data.Protocol` with ``test_files`` (paths relative to ``lfw_dir``).
     masks: ``(k, H, W, 3)`` float masks in the protocol's frame, one per identity (zeros: the photos unmasked).
     lfw_dir: the folder the test files are in.
     condition: a :data:`opomjax.faces.channel.PHOTO_CONDITIONS` name.
-    detector: face detector (default: the shared YuNet, as the data set used).
-    desc: progress-bar label (None: no bar).
-
-  Returns:
-    ``chips`` ``(k * m, H, W, 3)`` uint8 (zeros where lost) and ``lost`` ``(k * m,)`` bool.
 
   Raises:
     ValueError: the protocol has no test files, shapes disagree, or an unknown condition.
@@ -52,20 +47,31 @@ def realigned_chips(protocol, masks, lfw_dir, condition: str, *, detector=None,
   if not root.is_dir():
     raise FileNotFoundError(f"photo-space evaluation needs LFW as a folder of photos; {root} is not a folder")
   frame = _frame_of(protocol)
+  for i in range(k):
+    for j in range(m):
+      photo = faces.load_photo(root / protocol.test_files[i][j])
+      clean_face = faces.align_photo(photo, frame=frame)
+      protected = faces.apply_mask_to_photo(photo, masks[i], clean_face.transform, frame=frame)
+      yield i * m + j, channel.save_photo(protected, condition)
+
+
+def realigned_chips(protocol, masks, lfw_dir, condition: str, *, desc: str | None = None):
+  """The chips a system finds in the protected, saved test photos of ``protocol`` (:func:`saved_photos`): the
+  face detected and aligned again by the data set's pipeline (YuNet, dlib's 5 points, the canonical frame).
+
+  Returns:
+    ``chips`` ``(k * m, H, W, 3)`` uint8 (zeros where lost) and ``lost`` ``(k * m,)`` bool.
+  """
+  k, m = protocol.test.shape[:2]
+  frame = _frame_of(protocol)
   chips = np.zeros((k * m,) + protocol.test.shape[2:], np.uint8)
   lost = np.zeros(k * m, bool)
-  items = [(i, j) for i in range(k) for j in range(m)]
-  for row, (i, j) in enumerate(tqdm(items, desc=desc, disable=desc is None, unit="photo", leave=False)):
-    photo = faces.load_photo(root / protocol.test_files[i][j])
-    clean_face = faces.align_photo(photo, frame=frame, detector=detector)
-    protected = faces.apply_mask_to_photo(photo, masks[i], clean_face.transform, frame=frame)
-    saved = channel.save_photo(protected, condition)
+  photos = saved_photos(protocol, masks, lfw_dir, condition)
+  for row, saved in tqdm(photos, total=k * m, desc=desc, disable=desc is None, unit="photo", leave=False):
     try:
-      found = faces.align_photo(saved, frame=frame, detector=detector)
+      chips[row] = channel.to_uint8(faces.align_photo(saved, frame=frame).chip)
     except faces.NoFaceError:
       lost[row] = True
-      continue
-    chips[row] = channel.to_uint8(found.chip)
   return chips, lost
 
 

@@ -295,6 +295,24 @@ def target_cache_key(name: str, target) -> str:
   return key
 
 
+def result_row(config, protocol, method: str, target: str, condition: str, workdir, rates: dict,
+               clean_rates: dict, channel_rates: dict, clean, masked, lost: int | None) -> dict:
+  """One results row (``reports.RESULT_KEYS``): protection success rates of ``method``'s masks against
+  ``target`` under ``condition`` (``rates``), of the clean and the unmasked-through-the-channel probes, the mean
+  cosines and the masks' generation time; ``faces_lost`` for photo conditions."""
+  return dict(
+      method=method, surrogate=config.surrogate + variant_suffix(config, "+"), target=target, condition=condition,
+      **row_settings(config, protocol, method),
+      **{f"top{t}": float(rates[t]) if t in rates else None for t in (1, 5, 10)},
+      clean_top1=1.0 - float(clean_rates[1]),
+      clean_top5=1.0 - float(clean_rates[5]) if 5 in clean_rates else None,
+      channel_top1=float(channel_rates[1]),
+      channel_top5=float(channel_rates[5]) if 5 in channel_rates else None,
+      cos_before=mean_pair_cosine(clean, clean), cos_after=mean_pair_cosine(masked, clean),
+      seconds=generation_seconds(workdir),
+      **({} if lost is None else {"faces_lost": lost}))
+
+
 def photo_probes(config, protocol, workdirs: dict, conditions, *, show_progress=True) -> dict:
   """For each photo condition of ``conditions``: ``{(method or None, condition): (chips, lost)}``, the chips a
   system finds in the saved test photos with each method's masks (None: unmasked), see
@@ -334,6 +352,9 @@ def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache,
   photo_chips = photo_probes(config, protocol, workdirs, conditions, show_progress=show_progress)
   allow_random = bool(config.get("allow_random_weights", False))
   for target_name in validate.split_names(config.targets):
+    if target_name == validate.DLIB_NATIVE:
+      rows += dlib_native_rows(config, protocol, workdirs, cache, conditions, show_progress=show_progress)
+      continue
     try:
       target = opomjax.load_target(target_name, allow_random_weights=allow_random)
     except (FileNotFoundError, ImportError) as e:
@@ -371,19 +392,50 @@ def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache,
       for method, workdir in workdirs.items():
         masked, lost = probes(method, condition)
         rates = opomjax.protection_success_rate(masked, clean, distractors, ks=ks)
-        rows.append(dict(
-            method=method, surrogate=config.surrogate + variant_suffix(config, "+"),
-            target=target_name, condition=condition,
-            **row_settings(config, protocol, method),
-            **{f"top{t}": float(rates[t]) if t in rates else None for t in (1, 5, 10)},
-            clean_top1=1.0 - float(clean_rates[1]),
-            clean_top5=1.0 - float(clean_rates[5]) if 5 in clean_rates else None,
-            channel_top1=float(channel_rates[1]),
-            channel_top5=float(channel_rates[5]) if 5 in channel_rates else None,
-            cos_before=mean_pair_cosine(clean, clean), cos_after=mean_pair_cosine(masked, clean),
-            seconds=generation_seconds(workdir),
-            **({} if lost is None else {"faces_lost": lost}),
-        ))
+        rows.append(result_row(config, protocol, method, target_name, condition, workdir, rates, clean_rates,
+                               channel_rates, clean, masked, lost))
+  return rows
+
+
+def dlib_native_rows(config, protocol, workdirs: dict, cache: features_lib.FeatureCache, conditions, *,
+                     show_progress=True) -> list:
+  """The rows of the ``dlib_native`` target (:mod:`opomjax.pipeline.dlib_native`) for the photo conditions:
+  the gallery (clean test photos, distractor photos) and the saved protected photos all go through dlib's own
+  detector, landmarks and ``get_face_chip``. Chip conditions do not apply to it and give no row."""
+  from opomjax import data  # pylint: disable=g-import-not-at-top
+  from opomjax import faces  # pylint: disable=g-import-not-at-top
+  from opomjax.pipeline import dlib_native  # pylint: disable=g-import-not-at-top
+
+  k, m = protocol.test.shape[:2]
+  ks = tuple(t for t in (1, 5, 10) if t <= len(protocol.distractors) + 1)
+  lfw_dir = pathlib.Path(data.find_lfw_dir(config.dataset.get("lfw_dir") or None))
+  native = dlib_native.DlibNative()
+  key = f"{dlib_native.NAME}-{features_lib.model_fingerprint(native.model)}"
+  desc = (lambda what: f"{dlib_native.NAME} {what}") if show_progress else (lambda what: None)
+
+  def gallery(files, what):  # cached by the list of files (their content is the data set's)
+    names = np.frombuffer("\n".join(files).encode(), np.uint8)
+    return cache.get_or_compute(key, names, lambda _: native.describe_chips(native.chips(
+        [faces.load_photo(lfw_dir / f) for f in files], fallback=True, desc=desc(what))[0]))
+
+  clean = gallery([f for row in protocol.test_files for f in row], "clean test photos").reshape(k, m, -1)
+  distractors = gallery(list(protocol.distractor_files), "distractor photos")
+  clean_rates = opomjax.protection_success_rate(clean, clean, distractors, ks=ks)
+  zeros = np.zeros((k,) + protocol.test.shape[2:], np.float32)
+  rows = []
+  for condition in (c for c in conditions if c in channel_lib.PHOTO_CONDITIONS):
+    def probes(masks, what):
+      photos = [photo for _, photo in photos_lib.saved_photos(protocol, masks, lfw_dir, condition)]
+      chips, lost = native.chips(photos, fallback=False, desc=desc(what))
+      return native.describe_chips(chips).reshape(k, m, -1), int(lost.sum())
+
+    channel_rates = opomjax.protection_success_rate(probes(zeros, f"unmasked, {condition}")[0], clean,
+                                                    distractors, ks=ks)
+    for method, workdir in workdirs.items():
+      masked, lost = probes(load_masks(workdir, protocol.names), f"{method}, {condition}")
+      rates = opomjax.protection_success_rate(masked, clean, distractors, ks=ks)
+      rows.append(result_row(config, protocol, method, dlib_native.NAME, condition, workdir, rates, clean_rates,
+                             channel_rates, clean, masked, lost))
   return rows
 
 

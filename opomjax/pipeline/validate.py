@@ -156,10 +156,15 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) ->
     names = split_names(config.targets)
     if not names:
       raise ValueError("config.targets is empty; name at least one model to evaluate against")
+    checked = conditions(config)
     for name in names:
+      if name == DLIB_NATIVE:
+        if not set(checked) & set(channel.PHOTO_CONDITIONS):
+          raise ValueError(f"config.targets: {DLIB_NATIVE} (dlib's own detector, landmarks and chips) judges whole "
+                           f"photos; add {' or '.join(channel.PHOTO_CONDITIONS)} to config.conditions")
+        continue
       check_model_name(name, "config.targets", allow_random_weights=allow_random, target=True)
     check_integer(config.eval_batch_size, "config.eval_batch_size")
-    conditions(config)
   check_epsilon(config.epsilon, allow_large=bool(config.get("allow_large_epsilon", False)))
   check_number(config.step_size, "config.step_size", positive=True)
   check_integer(config.steps, "config.steps")
@@ -192,6 +197,10 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) ->
   check_writable(workdir, "--workdir")
   if config.get("feature_cache"):
     check_writable(config.feature_cache, "config.feature_cache")
+
+
+#: The photo-space target of dlib's reference pipeline (:mod:`opomjax.pipeline.dlib_native`).
+DLIB_NATIVE = "dlib_native"
 
 
 def conditions(config) -> tuple[str, ...]:
