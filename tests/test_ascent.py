@@ -409,25 +409,18 @@ def test_eq14_loop_tells_momentum_and_normalisation_apart():
 
 
 def test_run_in_pieces_reports_progress_and_gives_the_same_masks():
-  """Pieces of the scan (by default 4 pieces of 1 step here) carry masks, momentum, step indices and dropout
-  keys over: masks and traces equal the run in one piece bit for bit, across the hull's warm start too.
+  """Pieces (by default 4 pieces of 1 step here) carry masks, momentum, step indices and dropout keys over: masks
+  and traces equal the run in one piece of all steps bit for bit, across the hull's warm start too.
   (A shorter last piece is covered in test_parallel.py.)"""
   common = dict(method="opom-convex", key=jax.random.key(7), epsilon=EPS, step_size=ALPHA, steps=STEPS,
                 warmup_center_steps=1, momentum=0.5, dfanet=True, params=PARAMS, return_trace=True)
-  whole, whole_trace = ascent.generate_masks(apply_embed, IMAGES, **common)
+  whole, whole_trace = ascent.generate_masks(apply_embed, IMAGES, steps_per_call=STEPS, **common)
   seen = []
   pieces, pieces_trace = ascent.generate_masks(apply_embed, IMAGES, progress=lambda done, total: seen.append(
       (done, total)), **common)
   assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
   np.testing.assert_array_equal(np.asarray(pieces), np.asarray(whole))
   np.testing.assert_array_equal(np.asarray(pieces_trace), np.asarray(whole_trace))
-
-
-def test_default_pieces_divide_the_steps():
-  assert [ascent.default_steps_per_call(s) for s in (1, 4, 16, 17, 100)] == [1, 1, 2, 1, 10]
-  for steps in range(1, 60):
-    length = ascent.default_steps_per_call(steps)
-    assert steps % length == 0 and length <= -(-steps // 8)
 
 
 @pytest.mark.parametrize("change,match", [

@@ -10,10 +10,11 @@ One step for one identity (:func:`ascent_step`), for masked images :math:`\\hat 
 
 with momentum (Eq. 14) :math:`g \\leftarrow \\mu g + \\bar g / \\lVert \\bar g \\rVert_1` and the sign taken of
 ``g``; with DFANet (Eq. 15) the network applies dropout from a fresh PRNG key at every step.
-:func:`identity_mask` runs the steps for one identity as one ``lax.scan``; :func:`identities_masks` vmaps it
-over identities (the per-device function the wrappers of :mod:`opomjax.core.parallel` map);
-:func:`generate_masks` validates the input, draws the initial masks and runs it all under one ``jit``. For
-progress reports it runs the same steps in pieces instead (:func:`identity_segment`, :func:`run_in_pieces`).
+:func:`identity_mask` runs the steps for one identity as one ``lax.scan`` (the reference loop);
+:func:`generate_masks` validates the input, draws the initial masks, computes the clean features once
+(:func:`identities_clean`) and runs the steps from Python in short unrolled pieces (:func:`identity_segment`,
+:func:`identities_segment` vmapped over identities, :func:`run_in_pieces`), one compiled program per piece
+length: on XLA:CPU a step inside a compiled ``while`` loop costs ~3x the same step compiled alone.
 
 Differences from the official PyTorch code (``attack/privacy.py``), chosen deliberately:
 
@@ -207,19 +208,21 @@ def identity_mask(cfg: AscentConfig, net: Network, images: jax.Array, delta0: ja
   return state.delta, trace
 
 
-def identity_segment(cfg: AscentConfig, length: int, net: Network, images: jax.Array, state: AscentState,
-                     key: jax.Array, first_step: jax.Array) -> tuple[AscentState, jax.Array]:
+def identity_segment(cfg: AscentConfig, length: int, net: Network, images: jax.Array, clean: jax.Array | None,
+                     state: AscentState, key: jax.Array, first_step: jax.Array) -> tuple[AscentState, jax.Array]:
   """Steps ``first_step .. first_step + length - 1`` for one identity: a piece of :func:`identity_mask`.
 
-  The steps see the same step indices (hence the same dropout keys and warm-up switch) as in the single scan,
-  and the clean features are recomputed exactly as there, so running the pieces one after the other gives
-  the masks of :func:`identity_mask`.
+  The steps see the same step indices (hence the same dropout keys and warm-up switch) as in the single scan.
+  The loop is unrolled (``length`` copies of the step, no ``while`` loop): on XLA:CPU a step inside a
+  compiled ``while`` loop costs ~3x the same step compiled on its own (dlib ResNet, 10 images: 2.5 s against
+  0.8 s, ``bench/bench_step_loop.py``), so :func:`generate_masks` runs short unrolled pieces from Python.
 
   Args:
     cfg: hyper-parameters.
     length: how many steps (static).
     net: the surrogate.
     images: ``(n, H, W, 3)`` in [0, 255].
+    clean: ``(n, d)`` clean features (:func:`clean_features`), or None (GD-UAP, DFANet).
     state: the mask and momentum after ``first_step`` steps.
     key: the identity's PRNG key.
     first_step: index of the first step (int32 scalar).
@@ -227,11 +230,16 @@ def identity_segment(cfg: AscentConfig, length: int, net: Network, images: jax.A
   Returns:
     The state after the piece and the objective before each of its steps ``(length,)``.
   """
-  clean = None
-  if cfg.method != "gd-uap" and not cfg.dfanet:
-    clean = jax.lax.stop_gradient(net.embed(images, None))
-  step = functools.partial(ascent_step, cfg, net, images, clean, key)
-  return jax.lax.scan(step, state, first_step + jnp.arange(length, dtype=jnp.int32))
+  values = []
+  for i in range(length):  # a Python loop: even a one-trip lax.scan lowers to a while loop
+    state, value = ascent_step(cfg, net, images, clean, key, state, first_step + i)
+    values.append(value)
+  return state, jnp.stack(values)
+
+
+def needs_clean_features(cfg: AscentConfig) -> bool:
+  """Whether the steps use clean features computed once (not GD-UAP; not DFANet, which recomputes them)."""
+  return cfg.method != "gd-uap" and not cfg.dfanet
 
 
 def make_network(embed_fn: EmbedFn, activations_fn: EmbedFn | None, params: Any, dfanet: bool) -> Network:
@@ -250,29 +258,16 @@ def make_network(embed_fn: EmbedFn, activations_fn: EmbedFn | None, params: Any,
   return Network(adapt(embed_fn), adapt(activations_fn))
 
 
-def identities_masks(cfg: AscentConfig, embed_fn: EmbedFn, activations_fn: EmbedFn | None,
-                     params: Any, batch: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """The per-device function: :func:`identity_mask` vmapped over the identities of ``batch``.
-
-  Args:
-    cfg: hyper-parameters.
-    embed_fn: see :func:`generate_masks`.
-    activations_fn: see :func:`generate_masks`.
-    params: model parameters passed first to the callables, or None.
-    batch: ``images (k, n, H, W, 3)``, ``delta0 (k, H, W, 3)``, ``keys (k, ...)``.
-
-  Returns:
-    Masks ``(k, H, W, 3)`` and objective traces ``(k, steps)``.
-  """
-  net = make_network(embed_fn, activations_fn, params, cfg.dfanet)
-  images, delta0, keys = batch
-  return jax.vmap(functools.partial(identity_mask, cfg, net))(images, delta0, keys)
+def identities_clean(cfg: AscentConfig, embed_fn: EmbedFn, params: Any, images: jax.Array) -> jax.Array:
+  """The per-device function of the clean features: ``(k, n, d)`` for ``images`` ``(k, n, H, W, 3)``."""
+  net = make_network(embed_fn, None, params, cfg.dfanet)
+  return jax.vmap(lambda x: jax.lax.stop_gradient(net.embed(x, None)))(images)
 
 
 def identities_segment(cfg: AscentConfig, length: int, embed_fn: EmbedFn, activations_fn: EmbedFn | None,
                        shared: tuple[Any, jax.Array],
-                       batch: tuple[jax.Array, jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, ...]:
-  """The per-device function of a run in pieces: :func:`identity_segment` vmapped over identities.
+                       batch: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+  """The per-device function of a piece of steps: :func:`identity_segment` vmapped over identities.
 
   Args:
     cfg: hyper-parameters.
@@ -280,20 +275,22 @@ def identities_segment(cfg: AscentConfig, length: int, embed_fn: EmbedFn, activa
     embed_fn: see :func:`generate_masks`.
     activations_fn: see :func:`generate_masks`.
     shared: ``(params, first_step)``, the same for every identity.
-    batch: ``images (k, n, H, W, 3)``, ``delta (k, H, W, 3)``, ``velocity (k, H, W, 3)``, ``keys (k, ...)``.
+    batch: ``images (k, n, H, W, 3)``, ``clean (k, n, d)`` (ignored unless :func:`needs_clean_features`),
+      ``delta (k, H, W, 3)``, ``velocity (k, H, W, 3)``, ``keys (k, ...)``.
 
   Returns:
     ``delta``, ``velocity`` after the piece and the objective traces ``(k, length)``.
   """
   params, first_step = shared
   net = make_network(embed_fn, activations_fn, params, cfg.dfanet)
-  images, delta, velocity, keys = batch
+  images, clean, delta, velocity, keys = batch
 
-  def one(images, delta, velocity, key):
-    state, trace = identity_segment(cfg, length, net, images, AscentState(delta, velocity), key, first_step)
+  def one(images, clean, delta, velocity, key):
+    clean = clean if needs_clean_features(cfg) else None
+    state, trace = identity_segment(cfg, length, net, images, clean, AscentState(delta, velocity), key, first_step)
     return state.delta, state.velocity, trace
 
-  return jax.vmap(one)(images, delta, velocity, keys)
+  return jax.vmap(one)(images, clean, delta, velocity, keys)
 
 
 @functools.lru_cache(maxsize=8)
@@ -304,7 +301,7 @@ def _cached_runner(cfg: AscentConfig, embed_fn: EmbedFn, activations_fn: EmbedFn
 
 def _build_runner(cfg, embed_fn, activations_fn, parallel, devices, segment=None):
   if segment is None:
-    fn = functools.partial(identities_masks, cfg, embed_fn, activations_fn)
+    fn = lambda params, images: identities_clean(cfg, embed_fn, params, images)
   else:
     fn = functools.partial(identities_segment, cfg, segment, embed_fn, activations_fn)
   return parallel_lib.distribute(fn, parallel, devices)
@@ -313,7 +310,7 @@ def _build_runner(cfg, embed_fn, activations_fn, parallel, devices, segment=None
 def _runner(cfg, embed_fn, activations_fn, parallel, devices, segment=None):
   """The jitted (and possibly sharded) per-device function; reused across calls with the same callables.
 
-  ``segment=None``: all steps at once (:func:`identities_masks`); otherwise pieces of ``segment`` steps
+  ``segment=None``: the clean features (:func:`identities_clean`); otherwise pieces of ``segment`` steps
   (:func:`identities_segment`).
   """
   devices = None if devices is None else tuple(devices)
@@ -322,12 +319,6 @@ def _runner(cfg, embed_fn, activations_fn, parallel, devices, segment=None):
   except TypeError:  # unhashable callables: compile afresh
     return _build_runner(cfg, embed_fn, activations_fn, parallel, devices, segment)
   return _cached_runner(cfg, embed_fn, activations_fn, parallel, devices, segment)
-
-
-def default_steps_per_call(steps: int, pieces: int = 8) -> int:
-  """The largest divisor of ``steps`` not above ``ceil(steps / pieces)``: equal pieces, one compiled program."""
-  most = -(-steps // pieces)
-  return max(d for d in range(1, most + 1) if steps % d == 0)
 
 
 ProgressFn = Callable[[int, int], None]
@@ -349,7 +340,7 @@ def _progress_callback(progress: ProgressFn | bool, steps: int) -> tuple[Progres
 
 
 def run_in_pieces(runner_for: Callable[[int], Callable[..., Any]], params: Any, images: jax.Array,
-                  init: jax.Array, keys: jax.Array, steps: int, length: int,
+                  clean: jax.Array, init: jax.Array, keys: jax.Array, steps: int, length: int,
                   report: ProgressFn | None) -> tuple[jax.Array, jax.Array]:
   """All ``steps`` in pieces of ``length`` steps, waiting for each piece and reporting ``(done, steps)``.
 
@@ -360,6 +351,7 @@ def run_in_pieces(runner_for: Callable[[int], Callable[..., Any]], params: Any, 
     runner_for: ``length -> `` the distributed :func:`identities_segment` for pieces of that length.
     params: model parameters (or None).
     images: ``(k, n, H, W, 3)``.
+    clean: ``(k, n, d)`` clean features (or a placeholder, see :func:`identities_segment`).
     init: ``(k, H, W, 3)`` initial masks.
     keys: ``(k,)`` identity keys.
     steps: total number of steps.
@@ -373,7 +365,7 @@ def run_in_pieces(runner_for: Callable[[int], Callable[..., Any]], params: Any, 
   traces, done = [], 0
   while done < steps:
     piece = min(length, steps - done)
-    delta, velocity, trace = runner_for(piece)((params, jnp.int32(done)), (images, delta, velocity, keys))
+    delta, velocity, trace = runner_for(piece)((params, jnp.int32(done)), (images, clean, delta, velocity, keys))
     jax.block_until_ready(delta)
     traces.append(trace)
     done += piece
@@ -538,13 +530,12 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
   (shape, finite, in [0, 255]; on the host for numpy input, one reduction on the device for a jax array),
   ``init`` and ``params`` (finite).
 
-  With ``progress`` (or ``steps_per_call``) the scan runs in pieces of ``steps_per_call`` steps, one compiled
-  program called repeatedly with the masks and momentum carried over; each piece is waited for and reported,
-  and Ctrl-C stops the run between pieces. The steps and their dropout keys are those of the run in one piece;
-  the masks are too, bit for bit, in the tested settings (tests/test_ascent.py), but XLA may compile a short
-  piece differently from the whole loop, so float rounding can differ: dlib ResNet, FI-UAP, 2 steps in pieces
-  of 1 flipped the sign of 57 of 49,152 values against one piece. The experiment runner therefore keeps one
-  piece (progress per group), so resumed and multi-process runs stay bit-identical.
+  The steps run from Python in pieces of ``steps_per_call`` steps (default 1), each piece one compiled,
+  unrolled program called repeatedly with the masks and momentum carried over (a compiled ``while`` loop makes
+  every step ~3x slower on XLA:CPU); each piece is waited for and reported to ``progress``, and Ctrl-C stops the
+  run between pieces. The steps and their dropout keys do not depend on the piece length; the float rounding may
+  (XLA compiles a piece of 2 steps differently from one of 1), so runs meant to be bit-identical use the same
+  ``steps_per_call`` (the default everywhere in this package).
 
   Args:
     embed_fn: the surrogate, ``embed_fn(images) -> (b, d)`` for canonical images ``(b, H, W, 3)`` in
@@ -578,8 +569,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     allow_large_epsilon: accept ``epsilon > MAX_EPSILON`` (32 in [0, 255] units).
     progress: None (silent, all steps in one call), True (a tqdm bar of steps on stderr), or a callable
       ``progress(done_steps, steps)`` called after every piece.
-    steps_per_call: steps per piece when running in pieces; default (with ``progress``) the largest divisor
-      of ``steps`` not above ``steps / 8`` rounded up, so that every piece is the same compiled program.
+    steps_per_call: steps per compiled piece (default 1: the fastest on XLA:CPU and the quickest to compile).
     eot: expectation over transformation: names of :data:`opomjax.core.transfer.EOT_CHANNELS` (``"none"``,
       ``"jpeg"``, ``"resize"``, ``"blur"``); each step averages the gradient over ``eot_samples`` channels drawn
       from them (:func:`opomjax.core.transfer.eot_gradient`), so that the mask survives being saved at 8 bits,
@@ -658,18 +648,19 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     init = jax.random.uniform(init_key, (groups, height, width, 3), jnp.float32, -cfg.epsilon, cfg.epsilon)
   identity_keys = jax.random.split(step_key, groups)
 
-  if not progress and steps_per_call is None:
-    run = _runner(cfg, embed_fn, activations_fn, parallel, devices)
-    masks, trace = run(params, (images, init, identity_keys))
-  else:
-    length = default_steps_per_call(cfg.steps) if steps_per_call is None else int(steps_per_call)
-    report, close = _progress_callback(progress, cfg.steps) if progress else (None, lambda: None)
-    try:
-      masks, trace = run_in_pieces(
-          lambda piece: _runner(cfg, embed_fn, activations_fn, parallel, devices, piece), params, images, init,
-          identity_keys, cfg.steps, length, report)
-    finally:
-      close()
+  if needs_clean_features(cfg):
+    clean = _runner(cfg, embed_fn, activations_fn, parallel, devices)(params, images)
+    clean = jnp.asarray(jax.device_get(clean))  # small; laid out as the pieces expect, however they shard
+  else:  # not read by the steps
+    clean = jnp.zeros(images.shape[:2] + (1,), jnp.float32)
+  length = 1 if steps_per_call is None else int(steps_per_call)
+  report, close = _progress_callback(progress, cfg.steps) if progress else (None, lambda: None)
+  try:
+    masks, trace = run_in_pieces(
+        lambda piece: _runner(cfg, embed_fn, activations_fn, parallel, devices, piece), params, images, clean,
+        init, identity_keys, cfg.steps, length, report)
+  finally:
+    close()
   if method == "fi-uap-all":
     masks = jnp.broadcast_to(masks, (k, height, width, 3))
     trace = jnp.broadcast_to(trace, (k, cfg.steps))

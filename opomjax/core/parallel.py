@@ -82,7 +82,10 @@ def pmapped(fn: PerDeviceFn, devices: Sequence[jax.Device]) -> Callable[[Any, An
   n = len(devices)
 
   def run(shared, batched):
-    return _merge_devices(mapped(shared, _split_devices(batched, n)))
+    # Outputs as plain arrays (a pmap result keeps its per-device layout, which pad_identities cannot take back
+    # when the next call of a run in pieces feeds them in again).
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(jax.device_get(x)),
+                                  _merge_devices(mapped(shared, _split_devices(batched, n))))
 
   return run
 

@@ -1,0 +1,96 @@
+"""What an ascent step costs inside the mask loop, against the model's own forward + backward.
+
+  .venv/bin/python bench/bench_step_loop.py [--models dlib_resnet,sface,faceres] [--n 10] [--steps 8]
+
+For each model, on ``n`` random canonical 128x128 images of one identity (FI-UAP, 16-step settings):
+
+* ``fwd+bwd``: the jitted gradient of the summed embeddings with respect to the images (the floor of a step);
+* ``step``: one jitted :func:`opomjax.core.ascent.ascent_step`, clean features included (no loop);
+* ``while``: ``steps`` steps in one compiled ``lax.scan`` (a ``while`` loop), per step;
+* ``generate``: :func:`opomjax.generate_masks` per step (compile excluded: a warm-up run first), which runs
+  unrolled one-step pieces from Python.
+
+Times are medians over ``--repeats`` runs after a compile-and-warm-up run, all measured in one run of this
+script, so their ratios hold on a shared machine too. Models without registered weights run with random ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import opomjax  # pylint: disable=wrong-import-position
+from opomjax.core import ascent  # pylint: disable=wrong-import-position
+from opomjax.models import registry  # pylint: disable=wrong-import-position
+
+
+def median_seconds(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def bench(name: str, n: int, steps: int, repeats: int) -> dict:
+  model = registry.load_model(name, allow_random_weights=True)
+  images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (n, 128, 128, 3)), jnp.float32)
+  delta0 = jnp.zeros((128, 128, 3), jnp.float32)
+  cfg = ascent.AscentConfig(method="fi-uap", steps=steps)
+
+  def steps_in_scan(params, images, delta, length):
+    net = ascent.make_network(model.apply, None, params, dfanet=False)
+    clean = jax.lax.stop_gradient(net.embed(images, None))
+    step = functools.partial(ascent.ascent_step, cfg, net, images, clean, jax.random.key(0))
+    state, _ = jax.lax.scan(step, ascent.AscentState(delta, jnp.zeros_like(delta)),
+                            jnp.arange(length, dtype=jnp.int32))
+    return state.delta
+
+  def one_step(params, images, delta):
+    net = ascent.make_network(model.apply, None, params, dfanet=False)
+    clean = jax.lax.stop_gradient(net.embed(images, None))
+    state = ascent.AscentState(delta, jnp.zeros_like(delta))
+    return ascent.ascent_step(cfg, net, images, clean, jax.random.key(0), state, jnp.int32(0))[0].delta
+
+  grad = jax.jit(jax.grad(lambda x, p: jnp.sum(model.apply(p, x))))
+  one = jax.jit(one_step)
+  loop = jax.jit(functools.partial(steps_in_scan, length=steps))
+  generate = lambda: opomjax.generate_masks(model.apply, images[None], params=model.params, method="fi-uap",
+                                            key=jax.random.key(0), steps=steps)
+  return {
+      "model": name,
+      "fwd+bwd": median_seconds(lambda: grad(images, model.params), repeats),
+      "step": median_seconds(lambda: one(model.params, images, delta0), repeats),
+      "while": median_seconds(lambda: loop(model.params, images, delta0), max(1, repeats // 2)) / steps,
+      "generate": median_seconds(generate, max(1, repeats // 2)) / steps,
+  }
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", default="dlib_resnet,sface,faceres")
+  parser.add_argument("--n", type=int, default=10)
+  parser.add_argument("--steps", type=int, default=8)
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args(argv)
+  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, n={args.n}, steps={args.steps}")
+  print("model | fwd+bwd s | step s | while-loop s/step | generate_masks s/step | while / step | generate / fwd+bwd")
+  for name in args.models.split(","):
+    r = bench(name, args.n, args.steps, args.repeats)
+    print(f"{r['model']} | {r['fwd+bwd']:.3f} | {r['step']:.3f} | {r['while']:.3f} | {r['generate']:.3f} | "
+          f"{r['while'] / r['step']:.2f} | {r['generate'] / r['fwd+bwd']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
