@@ -20,7 +20,6 @@ import argparse
 import functools
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,16 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import opomjax  # pylint: disable=wrong-import-position
 from opomjax.core import ascent  # pylint: disable=wrong-import-position
 from opomjax.models import registry  # pylint: disable=wrong-import-position
-
-
-def median_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+from bench.bench_models import median_seconds  # pylint: disable=wrong-import-position
 
 
 def bench(name: str, n: int, steps: int, repeats: int) -> dict:
