@@ -12,6 +12,7 @@ which no face is found any more is *lost*: it cannot be identified, and the call
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import numpy as np
@@ -49,10 +50,17 @@ def saved_photos(protocol, masks, lfw_dir, condition: str):
   frame = _frame_of(protocol)
   for i in range(k):
     for j in range(m):
-      photo = faces.load_photo(root / protocol.test_files[i][j])
-      clean_face = faces.align_photo(photo, frame=frame)
-      protected = faces.apply_mask_to_photo(photo, masks[i], clean_face.transform, frame=frame)
+      path = root / protocol.test_files[i][j]
+      photo = faces.load_photo(path)
+      protected = faces.apply_mask_to_photo(photo, masks[i], _clean_transform(str(path), frame), frame=frame)
       yield i * m + j, channel.save_photo(protected, condition)
+
+
+@functools.lru_cache(maxsize=16384)
+def _clean_transform(path: str, frame) -> np.ndarray:
+  """The photo -> chip transform of a clean test photo's face, found once per photo (every method and condition
+  puts its mask into the same place)."""
+  return faces.align_photo(faces.load_photo(path), frame=frame).transform
 
 
 def realigned_chips(protocol, masks, lfw_dir, condition: str, *, desc: str | None = None):
