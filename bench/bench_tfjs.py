@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from opomjax.models import depthwise  # pylint: disable=wrong-import-position
 from opomjax.models.tfjs import operators  # pylint: disable=wrong-import-position
 from opomjax.models.tfjs import surrogate  # pylint: disable=wrong-import-position
 
@@ -56,7 +57,7 @@ def slices_autodiff(x, w, strides, pads, dilations):
   """The shifted-slice sum with JAX's own backward pass (no custom VJP)."""
   kh, kw, c, _ = w.shape
   padded = jnp.pad(x, [(0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)])
-  return operators._depthwise_taps(padded, w.reshape(kh, kw, c), strides, dilations)  # pylint: disable=protected-access
+  return depthwise._taps(padded, w.reshape(kh, kw, c), strides, dilations, "NHWC")  # pylint: disable=protected-access
 
 
 FORMULATIONS = {

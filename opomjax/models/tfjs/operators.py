@@ -21,13 +21,13 @@ forward and 1.99 s forward + backward against 2.00 s and 9.50 s with the grouped
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from opomjax.models import depthwise
 from opomjax.models.tfjs import reading
 
 
@@ -103,76 +103,15 @@ def conv2d(x: jax.Array, w: jax.Array, strides, pads, dilations) -> jax.Array:
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _depthwise_taps(x: jax.Array, w: jax.Array, strides, dilations) -> jax.Array:
-  """``sum_ij slice_ij(x) * w[i, j]`` on an already padded NHWC ``x``, kernel ``(kh, kw, C)``."""
-  kh, kw, _ = w.shape
-  out = [(x.shape[1 + a] - ((kh, kw)[a] - 1) * dilations[a] - 1) // strides[a] + 1 for a in range(2)]
-  y = None
-  for i in range(kh):
-    for j in range(kw):
-      start = (0, i * dilations[0], j * dilations[1], 0)
-      limit = (x.shape[0], start[1] + (out[0] - 1) * strides[0] + 1, start[2] + (out[1] - 1) * strides[1] + 1,
-               x.shape[3])
-      term = jax.lax.slice(x, start, limit, (1, strides[0], strides[1], 1)) * w[i, j]
-      y = term if y is None else y + term
-  return y
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _depthwise(x, w, strides, pads, dilations):
-  return _depthwise_taps(jnp.pad(x, [(0, 0), pads[0], pads[1], (0, 0)]), w, strides, dilations)
-
-
-def _depthwise_fwd(x, w, strides, pads, dilations):
-  return _depthwise(x, w, strides, pads, dilations), (x, w)
-
-
-def _depthwise_bwd(strides, pads, dilations, residuals, g):
-  """The input gradient as a stride-1 depthwise correlation of the dilated output gradient with the flipped
-  kernel (the transposed convolution), the kernel gradient as one reduction per tap.
-
-  Autodiff of the strided slices gives the same sums through one scatter-like ``pad`` per tap, several times
-  slower on CPU (``bench/bench_tfjs.py``).
-  """
-  x, w = residuals
-  kh, kw, c = w.shape
-  size, kernel, out = x.shape[1:3], (kh, kw), g.shape[1:3]
-  config = [(0, 0, 0)]
-  for a in range(2):
-    padded = size[a] + pads[a][0] + pads[a][1]
-    reach = (kernel[a] - 1) * dilations[a]
-    unused = padded - ((out[a] - 1) * strides[a] + reach + 1)  # input rows past the last window
-    config.append((reach, reach + unused, strides[a] - 1))
-  config.append((0, 0, 0))
-  dilated = jax.lax.pad(g, jnp.zeros((), g.dtype), config)
-  dx_padded = _depthwise_taps(dilated, w[::-1, ::-1], (1, 1), dilations)
-  dx = dx_padded[:, pads[0][0]:pads[0][0] + size[0], pads[1][0]:pads[1][0] + size[1], :]
-  xp = jnp.pad(x, [(0, 0), pads[0], pads[1], (0, 0)])
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      start = (0, i * dilations[0], j * dilations[1], 0)
-      limit = (xp.shape[0], start[1] + (out[0] - 1) * strides[0] + 1, start[2] + (out[1] - 1) * strides[1] + 1, c)
-      window = jax.lax.slice(xp, start, limit, (1, strides[0], strides[1], 1))
-      taps.append(jnp.sum(window * g, axis=(0, 1, 2)))
-  return dx, jnp.stack(taps).reshape(kh, kw, c)
-
-
-_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
-
-
 def depthwise_conv(x: jax.Array, w: jax.Array, strides, pads, dilations) -> jax.Array:
-  """Depthwise NHWC convolution, kernel ``(kh, kw, C, multiplier)``, as a sum of shifted, strided slices.
-
-  Equal to ``lax.conv_general_dilated(..., feature_group_count=C)`` (output channel ``c * multiplier + m``);
-  XLA fuses the sum into one loop, many times faster on CPU than its grouped convolution. The backward pass
-  is written out (a custom VJP, reverse mode only) for the same reason.
+  """Depthwise NHWC convolution, kernel ``(kh, kw, C, multiplier)``: :func:`opomjax.models.depthwise.depthwise_conv`
+  (shifted, strided slices with a hand-written backward pass), output channel ``c * multiplier + m`` as in
+  ``lax.conv_general_dilated(..., feature_group_count=C)``.
   """
   kh, kw, c, mult = w.shape
   if mult != 1:
     x = jnp.repeat(x, mult, axis=-1)
-  return _depthwise(x, jnp.reshape(w, (kh, kw, c * mult)), tuple(int(s) for s in strides),
-                    tuple((int(lo), int(hi)) for lo, hi in pads), tuple(int(d) for d in dilations))
+  return depthwise.depthwise_conv(x, jnp.reshape(w, (kh, kw, c * mult)), strides, pads, dilations, "NHWC")
 
 
 def depthwise_conv_grouped(x: jax.Array, w: jax.Array, strides, pads, dilations) -> jax.Array:
