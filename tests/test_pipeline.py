@@ -619,3 +619,14 @@ def test_eot_masks_have_their_own_workdir_settings_and_rows(tmp_path, toy_run):
   with pytest.raises(settings.SettingsMismatchError, match="eot_samples: 2 in the masks, 3 now"):
     runner.generate_all(toy_config(methods="fi-uap", eot="jpeg,blur", eot_samples=3, steps=1), tmp_path,
                         protocol=toy_protocol())
+
+
+def test_dfanet_masks_record_their_keep_mask_generator_and_refuse_another(tmp_path, toy_run, monkeypatch):
+  from opomjax.models import dropout
+  config = toy_config(methods="fi-uap", steps=1)  # momentum + DFANet
+  assert settings.generation_settings(config, "fi-uap")["dropout_generator"] == dropout.GENERATOR
+  assert "dropout_generator" not in settings.generation_settings(toy_config(dropout=0.0), "fi-uap")
+  runner.generate_all(config, tmp_path, protocol=toy_protocol())
+  monkeypatch.setattr(dropout, "GENERATOR", "threefry")
+  with pytest.raises(settings.SettingsMismatchError, match="dropout_generator"):
+    runner.generate_all(config, tmp_path, protocol=toy_protocol())

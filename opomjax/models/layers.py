@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from opomjax.models import dropout
+
 
 class Affine(nn.Module):
   """Per-channel ``x * scale + bias``: a batch normalisation with its statistics folded in (inference)."""
@@ -26,9 +28,10 @@ class DFANetDropout(nn.Module):
 
   .. math:: \tilde{x} = \frac{m \odot x}{1 - p}, \qquad m_i \sim \mathrm{Bernoulli}(1 - p)
 
-  Active only when ``deterministic`` is False and ``rate > 0``; it draws from the ``'dropout'`` PRNG stream
-  (``module.apply(..., rngs={'dropout': key})``). A thin name for :class:`flax.linen.Dropout` so the
-  networks say where the paper's dropout sits.
+  Active only when ``deterministic`` is False and ``rate > 0``; it takes its key from the ``'dropout'`` PRNG
+  stream (``module.apply(..., rngs={'dropout': key})``) and draws the mask with
+  :func:`opomjax.models.dropout.dfanet_dropout` (a keyed hash, far cheaper than ``flax.linen.Dropout``'s
+  Threefry bits), like the ONNX and TensorFlow.js surrogates.
   """
 
   rate: float = 0.0
@@ -39,7 +42,7 @@ class DFANetDropout(nn.Module):
       raise ValueError(f"dropout_rate must lie in [0, 1), got {self.rate}")
     if deterministic or self.rate == 0.0:
       return x
-    return nn.Dropout(rate=self.rate, deterministic=False)(x)
+    return dropout.dfanet_dropout(x, self.make_rng("dropout"), self.rate)
 
 
 def count_parameters(params: Any) -> int:

@@ -3,7 +3,8 @@
 Every mask file the runner writes carries ``metadata["settings"]``, the union of
 
 * the **config settings** of its method (:func:`generation_settings`): every config field that changes the
-  mask — method, surrogate, ε, step size, steps, momentum, DFANet dropout, seed, group size, data set, for
+  mask — method, surrogate, ε, step size, steps, momentum, DFANet dropout (and, when on, the generator of
+  its keep masks), seed, group size, data set, for
   OPOM-ConvexHull the hull bounds, warm-up steps and QP solver, and the EOT channels, draws and rounding when
   EOT is on. They are known before any data or model is
   loaded, so a rerun with another ε is refused at once (:func:`check_workdir`);
@@ -26,6 +27,7 @@ import pathlib
 
 from opomjax.core import ascent
 from opomjax.files import MaskFileError, load_mask
+from opomjax.models import dropout
 from opomjax.pipeline import features as features_lib
 
 #: Config fields only OPOM-ConvexHull reads (the other methods' masks do not depend on them).
@@ -86,6 +88,8 @@ def generation_settings(config, method: str) -> dict:
   if config.dataset.name == "synthetic":
     settings["images_per_split"] = int(config.dataset.get("images_per_split", 2))
   settings.update({k: options[k] for k in CONVEX_ONLY if k in options})
+  if options["dfanet"]:  # the keep-mask generator decides the masks too
+    settings["dropout_generator"] = dropout.GENERATOR
   if "eot" in options:  # recorded only when on, so that masks made before EOT existed keep their record
     settings.update(eot=",".join(options["eot"]), eot_samples=options["eot_samples"],
                     eot_rounding=options["eot_rounding"])

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from opomjax.models import depthwise
+from opomjax.models.dropout import dfanet_dropout
 from opomjax.models.onnx import reading
 
 
@@ -436,15 +437,6 @@ def depthwise_conv(x: jax.Array, w: jax.Array, strides, pads, dilations) -> jax.
   """
   taps = jnp.transpose(w[:, 0], (1, 2, 0))  # (C, kh, kw) -> (kh, kw, C)
   return depthwise.depthwise_conv(x, taps, strides, pads, dilations, "NCHW")
-
-
-def dfanet_dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
-  """DFANet dropout on a feature map (Eq. 15): Bernoulli keep mask with probability ``1 - rate``, rescaled.
-
-  .. math:: \\tilde{x} = \\frac{m \\odot x}{1 - p}, \\quad m_i \\sim \\mathrm{Bernoulli}(1 - p)
-  """
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
 def _pool(x, node, kind: str):

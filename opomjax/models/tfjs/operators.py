@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from opomjax.models import depthwise
+from opomjax.models.dropout import dfanet_dropout
 from opomjax.models.tfjs import reading
 
 
@@ -42,12 +43,6 @@ class Context:
   key: jax.Array | None = None
   dropout_rate: float = 0.0
   conv_index: int = 0
-
-
-def dfanet_dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
-  """DFANet dropout (Eq. 15): Bernoulli keep mask with probability ``1 - rate``, inverted scaling."""
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
 def _conv_dropout(y: jax.Array, ctx: Context) -> jax.Array:
