@@ -209,14 +209,14 @@ def eot_gradient(fn: Callable[[jax.Array], jax.Array], images: jax.Array, key: j
 
   .. math:: \\nabla_x\\, \\mathbb{E}_{T}\\, J(T(x)) \\approx \\frac{1}{K} \\sum_{s=1}^{K} \\nabla_x J(T_s(x))
 
-  The samples run one after the other (``lax.scan``), so memory holds one sample's activations at a time.
+  The samples are unrolled (one copy of the forward + backward per sample, no ``while`` loop): on XLA:CPU a
+  ``lax.scan`` over the samples made an EOT step of dlib's network (10 images, K = 4) cost 17.9 s against
+  the 4 x 0.9 s of its samples.
   """
   keys = jax.random.split(key, samples)
-
-  def one(total, sample_key):
-    value, grad = jax.value_and_grad(lambda x: fn(random_channel(sample_key, x, channels, rounding=rounding)))(
+  total, values = jnp.zeros_like(images), []
+  for s in range(samples):  # a Python loop: a lax.scan lowers to a while loop, ~3-5x slower per body on CPU
+    value, grad = jax.value_and_grad(lambda x, k=keys[s]: fn(random_channel(k, x, channels, rounding=rounding)))(
         images)
-    return total + grad, value
-
-  total, values = jax.lax.scan(one, jnp.zeros_like(images), keys)
-  return jnp.mean(values), total / samples
+    total, values = total + grad, values + [value]
+  return jnp.mean(jnp.stack(values)), total / samples
