@@ -70,6 +70,14 @@ SHARDED_EQUALS_SINGLE = textwrap.dedent("""
       sharded = np.asarray(ascent.generate_masks(embed, images, parallel=mode, **common))
       report[mode] = bool(np.array_equal(single, sharded))
       report[mode + "_max_diff"] = float(np.max(np.abs(single - sharded)))
+    # An ensemble of two surrogates (per-member hulls, clean features and dropout keys), same settings.
+    apply_b, params_b = tiny_model(seed=1, size=16)
+    pair = (lambda p, x, key=None: apply(p, x, key)[0], lambda p, x, key=None: apply_b(p, x, key)[0])
+    both = dict(common, params=(params, params_b), surrogate_weights=(2.0, 1.0))
+    single = np.asarray(ascent.generate_masks(pair, images, **both))
+    for mode in ("pmap", "shard_map"):
+      report["ensemble_" + mode] = bool(np.array_equal(single, np.asarray(
+          ascent.generate_masks(pair, images, parallel=mode, **both))))
     print("REPORT " + json.dumps(report))
 """)
 
@@ -86,6 +94,7 @@ def test_sharded_equals_single_device_on_eight_cpu_devices():
   assert report["shape"] == [5, 16, 16, 3]
   assert report["pmap"], report
   assert report["shard_map"], report
+  assert report["ensemble_pmap"] and report["ensemble_shard_map"], report
 
 
 @pytest.mark.parametrize("mode", ["pmap", "shard_map"])

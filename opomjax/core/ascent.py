@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from opomjax.core import ensemble
 from opomjax.core import hulls
 from opomjax.core import objectives
 from opomjax.core import parallel as parallel_lib
@@ -82,6 +83,8 @@ class AscentConfig:
       transformation); empty: none.
     eot_samples: random channel draws per step under ``eot``.
     eot_rounding: the 8-bit rounding's gradient under ``eot``: ``"ste"`` or ``"cubic"``.
+    member_weights: for an ensemble of surrogates, their weights (normalised to sum to 1; see
+      :func:`opomjax.core.ensemble.combine_member_gradients`); empty for one surrogate.
   """
 
   method: str = "opom-convex"
@@ -97,6 +100,7 @@ class AscentConfig:
   eot: tuple[str, ...] = ()
   eot_samples: int = 4
   eot_rounding: str = "ste"
+  member_weights: tuple[float, ...] = ()
 
 
 class AscentState(NamedTuple):
@@ -114,6 +118,25 @@ class Network(NamedTuple):
 
   embed: Callable[[jax.Array, jax.Array | None], jax.Array]
   activations: Callable[[jax.Array, jax.Array | None], Sequence[jax.Array]] | None
+
+
+#: One surrogate, or an ensemble of them (one :class:`Network` per member, each with its own features).
+Surrogate = Network | tuple[Network, ...]
+
+
+def members(net: Surrogate) -> tuple[Network, ...]:
+  """The networks of ``net``: itself alone, or the ensemble's members."""
+  return (net,) if isinstance(net, Network) else tuple(net)
+
+
+def clean_features(net: Surrogate, images: jax.Array, key: jax.Array | None):
+  """Clean features ``(n, d)`` of ``images`` (no gradient); for an ensemble a tuple, one ``(n, d_m)`` per member
+  (under DFANet each member draws its dropout from its own key, split from ``key``)."""
+  nets = members(net)
+  if isinstance(net, Network):
+    return jax.lax.stop_gradient(net.embed(images, key))
+  keys = [None] * len(nets) if key is None else list(jax.random.split(key, len(nets)))
+  return tuple(jax.lax.stop_gradient(m.embed(images, k)) for m, k in zip(nets, keys))
 
 
 def feature_objective(cfg: AscentConfig, adv: jax.Array, clean: jax.Array, t: jax.Array) -> jax.Array:
@@ -145,35 +168,50 @@ def image_objective(cfg: AscentConfig, net: Network, masked: jax.Array, clean: j
   return feature_objective(cfg, net.embed(masked, key), clean, t)
 
 
-def ascent_step(cfg: AscentConfig, net: Network, images: jax.Array, clean: jax.Array | None,
+def ascent_step(cfg: AscentConfig, net: Surrogate, images: jax.Array, clean: Any,
                 key: jax.Array, state: AscentState, t: jax.Array) -> tuple[AscentState, jax.Array]:
   """One step of Alg. 1 (with Eq. 14 momentum and Eq. 15 dropout when configured) for one identity.
 
   Args:
     cfg: hyper-parameters.
-    net: the surrogate.
+    net: the surrogate, or an ensemble of them (:data:`Surrogate`): each member's objective is taken on its
+      own features, their gradients joined by :func:`opomjax.core.ensemble.combine_member_gradients`.
     images: ``(n, H, W, 3)`` clean images in [0, 255].
-    clean: ``(n, d)`` clean features (unused for GD-UAP; under DFANet recomputed here with dropout).
+    clean: ``(n, d)`` clean features, for an ensemble a tuple of them (:func:`clean_features`; unused for
+      GD-UAP; under DFANet recomputed here with dropout).
     key: the identity's PRNG key; step ``t`` uses ``fold_in(key, t)``.
     state: current mask ``(H, W, 3)`` and momentum.
     t: step index (int32 scalar).
 
   Returns:
-    The new state and ``J`` of the masked images before the update.
+    The new state and ``J`` of the masked images before the update (for an ensemble, the weighted sum of the
+    members' objectives).
   """
+  nets = members(net)
   if cfg.dfanet:
     adv_key, clean_key = jax.random.split(jax.random.fold_in(key, t))
     if cfg.method != "gd-uap":
-      clean = jax.lax.stop_gradient(net.embed(images, clean_key))
+      clean = clean_features(net, images, clean_key)
+    adv_keys = (adv_key,) if len(nets) == 1 else tuple(jax.random.split(adv_key, len(nets)))
   else:
-    adv_key = None
+    adv_keys = (None,) * len(nets)
+  cleans = (clean,) if isinstance(net, Network) else (clean if clean is not None else (None,) * len(nets))
   masked = jnp.clip(images + state.delta, 0.0, 255.0)
-  if cfg.eot:  # the gradient averaged over random channels (opomjax.core.transfer), its own key stream
-    eot_key = jax.random.fold_in(jax.random.fold_in(key, t), EOT_KEY_STREAM)
-    value, grad = transfer.eot_gradient(lambda x: image_objective(cfg, net, x, clean, t, adv_key), masked,
-                                        eot_key, cfg.eot_samples, cfg.eot, rounding=cfg.eot_rounding)
+  values, grads = [], []
+  for member, member_clean, adv_key in zip(nets, cleans, adv_keys):  # one member's gradient at a time
+    if cfg.eot:  # the gradient averaged over random channels (opomjax.core.transfer), its own key stream
+      eot_key = jax.random.fold_in(jax.random.fold_in(key, t), EOT_KEY_STREAM)
+      objective = functools.partial(image_objective, cfg, member, clean=member_clean, t=t, key=adv_key)
+      value, grad = transfer.eot_gradient(objective, masked, eot_key, cfg.eot_samples, cfg.eot,
+                                          rounding=cfg.eot_rounding)
+    else:
+      value, grad = jax.value_and_grad(image_objective, argnums=2)(cfg, member, masked, member_clean, t, adv_key)
+    values.append(value)
+    grads.append(grad)
+  if len(nets) == 1:
+    value, grad = values[0], grads[0]
   else:
-    value, grad = jax.value_and_grad(image_objective, argnums=2)(cfg, net, masked, clean, t, adv_key)
+    value, grad = ensemble.combine_member_gradients(values, grads, cfg.member_weights)
   mean_grad = jnp.mean(grad, axis=0)
   velocity = state.velocity
   direction = mean_grad
@@ -199,9 +237,7 @@ def identity_mask(cfg: AscentConfig, net: Network, images: jax.Array, delta0: ja
   Returns:
     The mask ``(H, W, 3)`` and the objective before each step ``(steps,)``.
   """
-  clean = None
-  if cfg.method != "gd-uap" and not cfg.dfanet:
-    clean = jax.lax.stop_gradient(net.embed(images, None))
+  clean = clean_features(net, images, None) if needs_clean_features(cfg) else None
   step = functools.partial(ascent_step, cfg, net, images, clean, key)
   state0 = AscentState(delta0, jnp.zeros_like(delta0))
   state, trace = jax.lax.scan(step, state0, jnp.arange(cfg.steps, dtype=jnp.int32))
@@ -242,8 +278,18 @@ def needs_clean_features(cfg: AscentConfig) -> bool:
   return cfg.method != "gd-uap" and not cfg.dfanet
 
 
-def make_network(embed_fn: EmbedFn, activations_fn: EmbedFn | None, params: Any, dfanet: bool) -> Network:
-  """Adapt user callables to :class:`Network` (``params`` first when given; a key only under DFANet)."""
+def make_network(embed_fn: EmbedFn | tuple[EmbedFn, ...], activations_fn: Any, params: Any,
+                 dfanet: bool) -> Surrogate:
+  """Adapt user callables to a :class:`Network` (``params`` first when given; a key only under DFANet).
+
+  A tuple of ``embed_fn`` (an ensemble) gives a tuple of networks, member ``m`` built from ``embed_fn[m]``,
+  ``activations_fn[m]`` (when a tuple is given) and ``params[m]`` (when ``params`` is not None).
+  """
+  if isinstance(embed_fn, tuple):
+    count = len(embed_fn)
+    acts = activations_fn if isinstance(activations_fn, tuple) else (None,) * count
+    member_params = (None,) * count if params is None else params
+    return tuple(make_network(f, a, p, dfanet) for f, a, p in zip(embed_fn, acts, member_params))
 
   def adapt(fn):
     if fn is None:
@@ -258,10 +304,12 @@ def make_network(embed_fn: EmbedFn, activations_fn: EmbedFn | None, params: Any,
   return Network(adapt(embed_fn), adapt(activations_fn))
 
 
-def identities_clean(cfg: AscentConfig, embed_fn: EmbedFn, params: Any, images: jax.Array) -> jax.Array:
-  """The per-device function of the clean features: ``(k, n, d)`` for ``images`` ``(k, n, H, W, 3)``."""
+def identities_clean(cfg: AscentConfig, embed_fn: EmbedFn | tuple[EmbedFn, ...], params: Any,
+                     images: jax.Array) -> Any:
+  """The per-device function of the clean features: ``(k, n, d)`` for ``images`` ``(k, n, H, W, 3)`` (for an
+  ensemble a tuple, one ``(k, n, d_m)`` per member)."""
   net = make_network(embed_fn, None, params, cfg.dfanet)
-  return jax.vmap(lambda x: jax.lax.stop_gradient(net.embed(x, None)))(images)
+  return jax.vmap(lambda x: clean_features(net, x, None))(images)
 
 
 def identities_segment(cfg: AscentConfig, length: int, embed_fn: EmbedFn, activations_fn: EmbedFn | None,
@@ -511,6 +559,40 @@ def validate_finite_tree(tree: Any, name: str) -> None:
       raise ValueError(f"{name} contains NaN or Inf at {where}; the masks would be NaN")
 
 
+def _surrogates(embed_fn, activations_fn, params, surrogate_weights):
+  """``(embed_fn, activations_fn, params, member_weights)`` checked: one surrogate as given, an ensemble as
+  tuples (one entry per member) with its normalised weights; an ensemble of one is that surrogate."""
+  if not isinstance(embed_fn, (list, tuple)):
+    if not callable(embed_fn):
+      raise ValueError(f"embed_fn must be callable or a sequence of callables, got {type(embed_fn).__name__}")
+    if activations_fn is not None and not callable(activations_fn):
+      raise ValueError(f"activations_fn must be callable, got {type(activations_fn).__name__}")
+    if surrogate_weights is not None:
+      raise ValueError("surrogate_weights needs an ensemble: pass embed_fn as a sequence of surrogates")
+    return embed_fn, activations_fn, params, ()
+  embed_fn = tuple(embed_fn)
+  count = len(embed_fn)
+  if count == 0:
+    raise ValueError("embed_fn is an empty sequence; give at least one surrogate")
+  for i, fn in enumerate(embed_fn):
+    if not callable(fn):
+      raise ValueError(f"embed_fn[{i}] must be callable, got {type(fn).__name__}")
+  if params is not None:
+    if not isinstance(params, (list, tuple)) or len(params) != count:
+      raise ValueError(f"params must be None or a sequence of {count} parameter trees, one per surrogate")
+    params = tuple(params)
+  if activations_fn is not None:
+    if (not isinstance(activations_fn, (list, tuple)) or len(activations_fn) != count
+        or not all(callable(f) for f in activations_fn)):
+      raise ValueError(f"activations_fn must be None or a sequence of {count} callables, one per surrogate")
+    activations_fn = tuple(activations_fn)
+  weights = ensemble.check_weights([1.0] * count if surrogate_weights is None else surrogate_weights, count)
+  if count == 1:
+    return embed_fn[0], None if activations_fn is None else activations_fn[0], \
+        None if params is None else params[0], ()
+  return embed_fn, activations_fn, params, tuple(float(w) for w in weights)
+
+
 def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: jax.Array | None = None,
                    epsilon: float = 8.0, step_size: float = 1.0, steps: int = 16, init: jax.Array | None = None,
                    momentum: float | None = None, warmup_center_steps: int = OFFICIAL_WARMUP_CENTER_STEPS,
@@ -519,7 +601,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    devices: Sequence[jax.Device] | None = None, return_trace: bool = False,
                    allow_large_epsilon: bool = False, progress: ProgressFn | bool | None = None,
                    steps_per_call: int | None = None, eot: Sequence[str] = (), eot_samples: int = 4,
-                   eot_rounding: str = "ste"):
+                   eot_rounding: str = "ste", surrogate_weights: Sequence[float] | None = None):
   """One universal privacy mask per identity (OPOM and the methods it is compared with).
 
   The whole ascent is one jitted ``lax.scan`` per identity, vmapped over identities and optionally spread
@@ -542,7 +624,10 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
       [0, 255] (it normalises and resamples itself), e.g. ``FaceModel.embed``. With ``dfanet=True`` it is
       called as ``embed_fn(images, key)`` with a fresh dropout key each step. With ``params`` given it is
       called as ``embed_fn(params, images[, key])``, e.g. ``FaceModel.apply`` (keeps large weights out of the
-      compiled program's constants).
+      compiled program's constants). A sequence of them is an ensemble of surrogates: each member keeps its
+      own features, hull and objective, and every step follows the weighted sum of the members' gradients,
+      each normalised by its mean absolute value (:func:`opomjax.core.ensemble.combine_member_gradients`);
+      one member's gradient is computed at a time, so a step costs the sum of the members' steps.
     images: ``(k, n, H, W, 3)`` float32 in [0, 255]: ``n`` photos of each of ``k`` identities.
     method: ``"fi-uap"``, ``"fi-uap+"``, ``"fi-uap-all"``, ``"opom-affine"``, ``"opom-center"``,
       ``"opom-convex"`` or ``"gd-uap"``.
@@ -563,7 +648,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     solver: QP solver of :func:`opomjax.core.hulls.hull_coefficients`.
     parallel: None (one device), ``"pmap"`` or ``"shard_map"`` (identities spread over the local devices).
     dfanet: apply the network's dropout with a fresh key per step (Eq. 15).
-    params: model parameters passed first to ``embed_fn`` / ``activations_fn``, or None.
+    params: model parameters passed first to ``embed_fn`` / ``activations_fn``, or None; for an ensemble a
+      sequence with one entry per member (or None).
     devices: the devices for ``parallel`` (default: every local device).
     return_trace: also return the objective before each step, ``(k, steps)``.
     allow_large_epsilon: accept ``epsilon > MAX_EPSILON`` (32 in [0, 255] units).
@@ -577,6 +663,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
       backward passes per step.
     eot_samples: draws per step under ``eot``.
     eot_rounding: gradient of the 8-bit rounding under ``eot``: ``"ste"`` (straight-through) or ``"cubic"``.
+    surrogate_weights: for an ensemble, one non-negative weight per member (normalised to sum to 1; default
+      equal).
 
   Returns:
     Masks ``(k, H, W, 3)`` float32 with ``|mask| <= epsilon`` (``"fi-uap-all"``: the same mask for every
@@ -594,10 +682,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     >>> masks.shape, bool(jnp.abs(masks).max() <= 8.0)
     ((2, 4, 4, 3), True)
   """
-  if not callable(embed_fn):
-    raise ValueError(f"embed_fn must be callable, got {type(embed_fn).__name__}")
-  if activations_fn is not None and not callable(activations_fn):
-    raise ValueError(f"activations_fn must be callable, got {type(activations_fn).__name__}")
+  embed_fn, activations_fn, params, member_weights = _surrogates(embed_fn, activations_fn, params,
+                                                                  surrogate_weights)
   if method == "gd-uap" and activations_fn is None:
     raise ValueError('method="gd-uap" needs activations_fn (images -> list of layer activations)')
   if parallel not in parallel_lib.PARALLEL_MODES:
@@ -619,7 +705,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                      upper=_as_number(upper, "upper"), solver=solver, dfanet=dfanet,
                      eot=tuple(n.strip() for n in eot.split(",") if n.strip()) if isinstance(eot, str)
                      else tuple(eot), eot_samples=eot_samples,
-                     eot_rounding=eot_rounding)
+                     eot_rounding=eot_rounding, member_weights=member_weights)
   if not isinstance(images, jax.Array):
     try:
       images = np.asarray(images)
@@ -650,7 +736,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
 
   if needs_clean_features(cfg):
     clean = _runner(cfg, embed_fn, activations_fn, parallel, devices)(params, images)
-    clean = jnp.asarray(jax.device_get(clean))  # small; laid out as the pieces expect, however they shard
+    clean = jax.tree_util.tree_map(lambda c: jnp.asarray(jax.device_get(c)), clean)  # small; laid out as the
+    # pieces expect, however they shard
   else:  # not read by the steps
     clean = jnp.zeros(images.shape[:2] + (1,), jnp.float32)
   length = 1 if steps_per_call is None else int(steps_per_call)

@@ -1,4 +1,11 @@
-"""Ensembles of surrogate models: several unit embeddings joined into one, so that one objective averages them.
+"""Ensembles of surrogate models, two ways.
+
+* Per-model objectives (what :func:`opomjax.generate_masks` does with several surrogates): every member keeps
+  its own feature space, hull and objective (Eqs. 8, 11, 13, 17 per model), and the ascent follows the
+  weighted sum of the members' gradients, each normalised to a common scale
+  (:func:`combine_member_gradients`).
+* Joined embeddings (:func:`ensemble_embedding`, :func:`ensemble_apply`): the unit embeddings concatenated
+  into one, so that one objective (with one set of hull coefficients) averages them.
 
 Pure JAX, no I/O: the models enter as ``apply(params, images, key=None) -> unit embeddings`` functions (e.g.
 :meth:`opomjax.models.base.FaceModel.apply`).
@@ -28,6 +35,39 @@ def check_weights(weights: Sequence[float], count: int) -> np.ndarray:
   if w.shape != (count,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
     raise ValueError(f"weights must be {count} non-negative numbers, not all 0; got {weights!r}")
   return w / w.sum()
+
+
+def combine_member_gradients(values: Sequence[jax.Array], grads: Sequence[jax.Array],
+                             weights: Sequence[float] = ()) -> tuple[jax.Array, jax.Array]:
+  """The ensemble's objective and ascent direction from its members' objectives ``J_m`` and gradients ``g_m``.
+
+  .. math::
+     J = \\sum_m w_m J_m, \\qquad g = \\sum_m w_m \\frac{g_m}{\\overline{|g_m|}}, \\qquad
+     \\overline{|g_m|} = \\operatorname{mean}_{i,h,w,c} |(g_m)_{ihwc}|
+
+  The members' objectives are distances between unit features, so their values are comparable, but their
+  gradients with respect to the pixels are not: one network's may be ten times another's, and the signed step
+  would then follow that network alone. Dividing each member's gradient by its mean absolute entry (over the
+  identity's images and pixels, as the momentum of Eq. 14 divides by an L1 norm) gives every member the same
+  say before the weights ``w_m``. A member whose gradient is zero contributes nothing.
+
+  Args:
+    values: ``M`` scalar objectives.
+    grads: ``M`` gradients of the same shape (the identity's masked images).
+    weights: ``M`` non-negative weights (normalised to sum to 1), or empty for equal weights.
+
+  Returns:
+    ``(J, g)``.
+  """
+  count = len(grads)
+  w = check_weights(weights if len(weights) else [1.0] * count, count)
+  value = sum(float(wm) * v for wm, v in zip(w, values))
+  grad = None
+  for wm, g in zip(w, grads):
+    scale = jnp.mean(jnp.abs(g))
+    term = (float(wm) / jnp.maximum(scale, jnp.finfo(g.dtype).tiny)) * g
+    grad = term if grad is None else grad + term
+  return value, grad
 
 
 def ensemble_embedding(embeddings: Sequence[jax.Array], weights: Sequence[float] | None = None) -> jax.Array:
