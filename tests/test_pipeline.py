@@ -630,3 +630,32 @@ def test_dfanet_masks_record_their_keep_mask_generator_and_refuse_another(tmp_pa
   monkeypatch.setattr(dropout, "GENERATOR", "threefry")
   with pytest.raises(settings.SettingsMismatchError, match="dropout_generator"):
     runner.generate_all(config, tmp_path, protocol=toy_protocol())
+
+
+def test_an_ensemble_of_surrogates_runs_records_its_members_and_weights(tmp_path, toy_run, monkeypatch):
+  """Two surrogates (comma-separated); with weights 1,0 the masks are the first surrogate's alone."""
+  monkeypatch.setattr(runner, "load_surrogate", lambda config: (
+      toy_model() if "," not in config.surrogate else (toy_model(), toy_model(scale=-3.0))))
+  plain = dict(methods="fi-uap", steps=2, momentum=0.0, dropout=0.0)
+  single = runner.generate_all(toy_config(**plain), tmp_path / "single", protocol=toy_protocol())
+  config = toy_config(surrogate="dlib_resnet,sface", ensemble_weights="1,0", **plain)
+  pair = runner.generate_all(config, tmp_path / "pair", protocol=toy_protocol())
+  assert pair["fi-uap"].name == "fi-uap-dlib_resnet+sface"
+  _, meta = masks.load_identity_mask(pair["fi-uap"], "synthetic_0000")
+  assert meta["settings"]["surrogate"] == "dlib_resnet,sface" and meta["settings"]["ensemble_weights"] == [1.0, 0.0]
+  for name in ("synthetic_0000", "synthetic_0003"):
+    np.testing.assert_array_equal(masks.load_identity_mask(pair["fi-uap"], name)[0],
+                                  masks.load_identity_mask(single["fi-uap"], name)[0])
+  equal = runner.generate_all(toy_config(surrogate="dlib_resnet,sface", **plain), tmp_path / "equal",
+                              protocol=toy_protocol())
+  assert np.any(masks.load_identity_mask(equal["fi-uap"], "synthetic_0000")[0]
+                != masks.load_identity_mask(single["fi-uap"], "synthetic_0000")[0])
+  rows = runner.evaluate_all(config, pair, tmp_path / "pair", protocol=toy_protocol())
+  assert {r["surrogate"] for r in rows} == {"dlib_resnet+sface"}
+  assert reports.is_white_box("dlib_resnet+sface+mdfa", "sface_onnx")
+  assert not reports.is_white_box("dlib_resnet+sface", "faceres")
+  with pytest.raises(ValueError, match=r"config.ensemble_weights='1': weights must be 2"):
+    runner.generate_all(toy_config(surrogate="dlib_resnet,sface", ensemble_weights="1", **plain), tmp_path / "bad",
+                        protocol=toy_protocol())
+  with pytest.raises(ValueError, match="names a model twice"):
+    runner.generate_all(toy_config(surrogate="sface,sface", **plain), tmp_path / "bad", protocol=toy_protocol())

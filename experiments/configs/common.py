@@ -7,7 +7,8 @@ dropout 0.1; 0.02 for SFace, whose plain chain of convolutions does not tolerate
 Privacy-LFW identities; default: the first 10), ``_eot`` (the gradient averaged over 4 random channels per
 step: 8-bit rounding, JPEG, resizing, blur; ~4x the cost) and ``_all`` (evaluated on all four real recognisers: dlib ResNet,
 SFace in onnxruntime, faceres and mobileface; default: dlib ResNet and SFace), e.g. ``sface_mdfa_full`` or
-``faceres_full_all``.
+``faceres_full_all``. Surrogates joined by ``+`` make an ensemble (each member keeps its own objective, equal
+weights; every member is also a white-box target), e.g. ``dlib+faceres_full_all`` — the mask SFace never saw.
 
 Cost on the 2-core CPU machine (16 steps, idle machine: ~10 s per identity with the dlib surrogate, ~12 s with
 SFace; evaluation: clean features once per target, ~3 min for dlib and ~4 min for SFace/onnxruntime, then
@@ -30,7 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
   """Paper defaults: ε = 8, step 1, 16 steps, 10 training images per identity; Privacy-LFW."""
   config = ml_collections.ConfigDict()
   config.methods = "opom-convex"
-  config.surrogate = "dlib_resnet"
+  config.surrogate = "dlib_resnet"  # or several, comma-separated: an ensemble (each member its own objective)
+  config.ensemble_weights = ""  # for an ensemble: one weight per member, comma-separated; "" = equal
   config.targets = "dlib_resnet,sface_onnx"
   config.epsilon = 8.0
   config.step_size = 1.0
@@ -72,25 +74,28 @@ def base_config() -> ml_collections.ConfigDict:
 def method_config(methods: str, arg: str = "dlib") -> ml_collections.ConfigDict:
   """The config of one paper-table row: ``methods`` with the variant ``arg`` (see module docstring)."""
   parts = arg.split("_") if arg else ["dlib"]
-  if parts[0] not in SURROGATES:
-    raise ValueError(f"config variant {arg!r} must start with one of {sorted(SURROGATES)}")
+  members = parts[0].split("+")
+  if not all(m in SURROGATES for m in members) or len(set(members)) != len(members):
+    raise ValueError(f"config variant {arg!r} must start with one of {sorted(SURROGATES)}, or several joined "
+                     "by '+' (an ensemble)")
   unknown = set(parts[1:]) - {"mdfa", "full", "all", "eot"}
   if unknown:
     raise ValueError(f"unknown config variant part(s) {sorted(unknown)} in {arg!r}")
   config = base_config()
   config.methods = methods
-  config.surrogate = SURROGATES[parts[0]]
+  config.surrogate = ",".join(SURROGATES[m] for m in members)
   if "all" in parts:
     config.targets = ALL_TARGETS
-  own_target = SURROGATE_TARGETS.get(config.surrogate, config.surrogate)
-  if own_target not in config.targets.split(","):
-    config.targets += "," + own_target
+  for name in config.surrogate.split(","):
+    own_target = SURROGATE_TARGETS.get(name, name)
+    if own_target not in config.targets.split(","):
+      config.targets += "," + own_target
   if "mdfa" in parts:
     config.steps = 100
     config.momentum = 1.0
     # The paper's rate 0.1 is for residual IR-50s. SFace is a plain chain of 27 convolutions where dropout
     # compounds: at 0.1 its dropped-out embeddings are near chance (cosine 0.23 to the clean ones), at 0.02 0.87.
-    config.dropout = 0.02 if config.surrogate == "sface" else 0.1
+    config.dropout = 0.02 if "sface" in config.surrogate.split(",") else 0.1
   if "eot" in parts:
     config.eot = "none,jpeg,resize,blur"
   if "full" in parts:

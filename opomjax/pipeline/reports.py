@@ -100,11 +100,17 @@ def row_labels(rows: list[dict]) -> list[str]:
   return [row_label(r, shown[(r["method"], r["surrogate"])]) for r in rows]
 
 
+#: The variant marks a result row's surrogate label may carry after the model names.
+VARIANTS = ("mdfa", "eot")
+
+
 def is_white_box(surrogate: str, target: str) -> bool:
-  """Whether ``target`` is the surrogate itself: ``dlib_resnet+mdfa`` attacks ``dlib_resnet``, ``sface`` (the
-  JAX translation) attacks ``sface_onnx`` (the original)."""
-  model = surrogate.split("+")[0]
-  return model == target or model == target.removesuffix("_onnx")
+  """Whether ``target`` is the surrogate itself or a member of its ensemble: ``dlib_resnet+mdfa`` attacks
+  ``dlib_resnet``, ``sface`` (the JAX translation) attacks ``sface_onnx`` (the original),
+  ``dlib_resnet+faceres`` attacks both."""
+  members = [m for m in surrogate.split("+") if m not in VARIANTS]
+  return any(m == target or m == target.removesuffix("_onnx") for m in members)
+
 
 
 def _percent(rate) -> str:

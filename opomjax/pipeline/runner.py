@@ -104,7 +104,7 @@ def variant_suffix(config, separator: str) -> str:
 def run_name(method: str, config) -> str:
   """E.g. ``opom-convex-dlib_resnet``, ``opom-convex-dlib_resnet-mdfa`` (momentum + DFANet) or
   ``opom-convex-dlib_resnet-eot`` (expectation over transformation)."""
-  return f"{method}-{config.surrogate}" + variant_suffix(config, "-")
+  return f"{method}-{settings_lib.surrogate_label(config)}" + variant_suffix(config, "-")
 
 
 def identity_groups(num_identities: int, group_size: int) -> list[np.ndarray]:
@@ -119,10 +119,14 @@ def groups_of_process(groups: list, process_index: int, process_count: int) -> l
 
 
 def surrogate_fns(model, config):
-  """(apply_fn, activations_fn) of the surrogate with DFANet dropout rate ``config.dropout``.
+  """(apply_fn, activations_fn) of the surrogate with DFANet dropout rate ``config.dropout``; for an ensemble
+  (a tuple of models) tuples of them, one per member.
 
   ``apply_fn(params, images[, key])`` keeps the weights out of the compiled program's constants.
   """
+  if isinstance(model, tuple):
+    fns = [surrogate_fns(m, config) for m in model]
+    return tuple(f for f, _ in fns), tuple(a for _, a in fns)
   model = dataclasses.replace(model, dropout_rate=float(config.dropout))
   activations = lambda params, images, key=None: model.net_fn(
       params, model.to_input(images), key=key, dropout_rate=model.dropout_rate)[1]
@@ -130,8 +134,21 @@ def surrogate_fns(model, config):
 
 
 def load_surrogate(config):
-  """The config's surrogate (random weights only with ``config.allow_random_weights``)."""
-  return opomjax.load_model(config.surrogate, allow_random_weights=bool(config.get("allow_random_weights", False)))
+  """The config's surrogate, or a tuple of models for an ensemble (random weights only with
+  ``config.allow_random_weights``)."""
+  allow = bool(config.get("allow_random_weights", False))
+  models = tuple(opomjax.load_model(name, allow_random_weights=allow) for name in settings_lib.surrogate_names(config))
+  return models[0] if len(models) == 1 else models
+
+
+def surrogate_fingerprint(model) -> str:
+  """:func:`~opomjax.pipeline.features.model_fingerprint` of the surrogate (of each member, joined)."""
+  return "+".join(features_lib.model_fingerprint(m) for m in (model if isinstance(model, tuple) else (model,)))
+
+
+def surrogate_params(model):
+  """The surrogate's parameters (a tuple of them for an ensemble)."""
+  return tuple(m.params for m in model) if isinstance(model, tuple) else model.params
 
 
 def expected_settings(config, protocol, method: str, group: int, indices, surrogate_fingerprint=None) -> dict:
@@ -172,16 +189,17 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
   groups = groups_of_process(identity_groups(k, group_size), jax.process_index(), jax.process_count())
   apply_fn, activations_fn = surrogate_fns(model, config)
   options = settings_lib.mask_options(config, method)
-  surrogate_fingerprint = features_lib.model_fingerprint(model)
+  fingerprint = surrogate_fingerprint(model)
   metadata = dict(
-      frame=protocol.frame_name, epsilon=float(config.epsilon), method=method, surrogate=config.surrogate,
+      frame=protocol.frame_name, epsilon=float(config.epsilon), method=method,
+      surrogate=settings_lib.surrogate_label(config),
       steps=int(config.steps), seed=int(config.seed), step_size=float(config.step_size),
       momentum=float(config.momentum or 0.0), dropout=float(config.dropout),
       lower=float(config.lower), upper=float(config.upper), group_size=group_size, num_identities=k,
   )
   plan = []  # (group, indices, pending indices, settings) -- every existing mask checked before any work
   for g, idx in groups:
-    expected = expected_settings(config, protocol, method, g, idx, surrogate_fingerprint)
+    expected = expected_settings(config, protocol, method, g, idx, fingerprint)
     pending = [i for i in idx if not reusable_mask(masks_lib.mask_path(workdir, names[i]), names[i], expected)]
     plan.append((g, idx, pending, expected))
   mine = sum(len(idx) for _, idx in groups)
@@ -197,7 +215,7 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
       masks = opomjax.generate_masks(
           apply_fn,
           jnp.asarray(protocol.train[idx], jnp.float32),
-          params=model.params,
+          params=surrogate_params(model),
           key=jax.random.fold_in(jax.random.PRNGKey(config.seed), g),
           activations_fn=activations_fn if method == "gd-uap" else None,
           parallel=None if config.parallel in ("", "none", None) else config.parallel,
@@ -301,7 +319,8 @@ def result_row(config, protocol, method: str, target: str, condition: str, workd
   ``target`` under ``condition`` (``rates``), of the clean and the unmasked-through-the-channel probes, the mean
   cosines and the masks' generation time; ``faces_lost`` for photo conditions."""
   return dict(
-      method=method, surrogate=config.surrogate + variant_suffix(config, "+"), target=target, condition=condition,
+      method=method, surrogate=settings_lib.surrogate_label(config) + variant_suffix(config, "+"), target=target,
+      condition=condition,
       **row_settings(config, protocol, method),
       **{f"top{t}": float(rates[t]) if t in rates else None for t in (1, 5, 10)},
       clean_top1=1.0 - float(clean_rates[1]),

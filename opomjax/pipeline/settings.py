@@ -26,6 +26,7 @@ import os
 import pathlib
 
 from opomjax.core import ascent
+from opomjax.core import ensemble
 from opomjax.files import MaskFileError, load_mask
 from opomjax.models import dropout
 from opomjax.pipeline import features as features_lib
@@ -52,6 +53,33 @@ def effective_group_size(config, method: str, num_identities: int | None = None)
   return int(config.group_size)
 
 
+def surrogate_names(config) -> tuple[str, ...]:
+  """``config.surrogate`` as model names: one, or several (comma-separated) for an ensemble."""
+  return tuple(n.strip() for n in str(config.surrogate).split(",") if n.strip())
+
+
+def surrogate_label(config) -> str:
+  """The surrogate as run names and result rows show it: ``sface``, or ``dlib_resnet+faceres`` for an
+  ensemble (result rows add the variants: ``dlib_resnet+faceres+mdfa``)."""
+  return "+".join(surrogate_names(config))
+
+
+def ensemble_weights(config) -> tuple[float, ...]:
+  """The ensemble's member weights (``config.ensemble_weights``, comma-separated; empty: equal), normalised
+  to sum to 1; empty for one surrogate."""
+  count = len(surrogate_names(config))
+  text = str(config.get("ensemble_weights", "") or "")
+  try:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if count == 1:
+      if values:
+        raise ValueError("it needs several surrogates in config.surrogate (comma-separated)")
+      return ()
+    return tuple(float(w) for w in ensemble.check_weights(values or [1.0] * count, count))
+  except ValueError as err:
+    raise ValueError(f"config.ensemble_weights={text!r}: {err}") from None
+
+
 def mask_options(config, method: str) -> dict:
   """The :func:`opomjax.generate_masks` arguments a config gives ``method`` (besides images, key, device set).
 
@@ -60,6 +88,9 @@ def mask_options(config, method: str) -> dict:
   options = dict(
       method=method, epsilon=float(config.epsilon), step_size=float(config.step_size), steps=int(config.steps),
       momentum=float(config.momentum) if config.momentum else None, dfanet=float(config.dropout) > 0)
+  weights = ensemble_weights(config)
+  if weights:
+    options["surrogate_weights"] = weights
   eot = eot_channels(config)
   if eot:
     options.update(eot=eot, eot_samples=int(config.get("eot_samples", 4)),
@@ -81,13 +112,15 @@ def generation_settings(config, method: str) -> dict:
   """The config settings of ``method``'s masks (JSON-ready; see the module docstring)."""
   options = mask_options(config, method)
   settings = dict(
-      method=method, surrogate=str(config.surrogate), epsilon=options["epsilon"],
+      method=method, surrogate=",".join(surrogate_names(config)), epsilon=options["epsilon"],
       step_size=options["step_size"], steps=options["steps"], momentum=float(config.momentum or 0.0),
       dropout=float(config.dropout), seed=int(config.seed), group_size=effective_group_size(config, method),
       dataset=str(config.dataset.name))
   if config.dataset.name == "synthetic":
     settings["images_per_split"] = int(config.dataset.get("images_per_split", 2))
   settings.update({k: options[k] for k in CONVEX_ONLY if k in options})
+  if "surrogate_weights" in options:  # an ensemble
+    settings["ensemble_weights"] = list(options["surrogate_weights"])
   if options["dfanet"]:  # the keep-mask generator decides the masks too
     settings["dropout_generator"] = dropout.GENERATOR
   if "eot" in options:  # recorded only when on, so that masks made before EOT existed keep their record

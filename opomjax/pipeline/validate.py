@@ -151,7 +151,14 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) ->
   """
   methods = method_names(config)
   allow_random = bool(config.get("allow_random_weights", False))
-  check_model_name(str(config.surrogate), "config.surrogate", allow_random_weights=allow_random)
+  surrogates = settings_lib.surrogate_names(config)
+  if not surrogates:
+    raise ValueError("config.surrogate is empty; name a model (or several, comma-separated, for an ensemble)")
+  if len(set(surrogates)) != len(surrogates):
+    raise ValueError(f"config.surrogate names a model twice: {config.surrogate!r}")
+  for name in surrogates:
+    check_model_name(name, "config.surrogate", allow_random_weights=allow_random)
+  settings_lib.ensemble_weights(config)  # one line for bad weights
   if targets:
     names = split_names(config.targets)
     if not names:

@@ -167,15 +167,9 @@ def load_surrogates(surrogates: Sequence[Surrogate], dropout: float = 0.0, *,
 
 
 @functools.lru_cache(maxsize=8)
-def _ensemble_apply(models: tuple[base.FaceModel, ...], weights: tuple[float, ...] | None = None):
-  """``apply(params_tuple, images, key=None)`` of the models joined by :mod:`opomjax.core.ensemble` (cached)."""
-  return ensemble.ensemble_apply(tuple(m.apply for m in models), weights)
-
-
-@functools.lru_cache(maxsize=8)
-def _roundtrip_apply(models: tuple[base.FaceModel, ...], weights: tuple[float, ...] | None = None):
-  """:func:`_ensemble_apply` behind the photo round trip (:func:`opomjax.faces.roundtrip.roundtrip_apply`)."""
-  return roundtrip_lib.roundtrip_apply(_ensemble_apply(models, weights))
+def _roundtrip_apply(model: base.FaceModel):
+  """``model.apply`` behind the photo round trip (:func:`opomjax.faces.roundtrip.roundtrip_apply`; cached)."""
+  return roundtrip_lib.roundtrip_apply(model.apply)
 
 
 @functools.lru_cache(maxsize=8)
@@ -456,9 +450,11 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
       :func:`opomjax.faces.read_photo` takes). The more (and more varied) photos, the better the mask
       generalises to new ones.
     surrogates: the models the mask is computed on: registry names (``"dlib_resnet"``, ``"sface"``, ...) or
-      :class:`~opomjax.models.base.FaceModel` instances. Several are combined by averaging their objectives
-      (:func:`opomjax.core.ensemble.ensemble_embedding`), which usually transfers better to unseen systems.
-    surrogate_weights: one weight per surrogate for the average; None: equal.
+      :class:`~opomjax.models.base.FaceModel` instances. Several make an ensemble: each keeps its own
+      features and objective, and every step follows the weighted sum of their gradients, each normalised
+      to the same scale (:func:`opomjax.core.ensemble.combine_member_gradients`); an ensemble usually
+      transfers better to unseen systems, and costs the sum of its members' steps.
+    surrogate_weights: one weight per surrogate; None: equal.
     method: a method of :func:`opomjax.generate_masks` (default OPOM-ConvexHull).
     epsilon: the largest change of any pixel value, in [0, 255] units (paper: 8; at most
       :data:`MAX_EPSILON` unless ``allow_large_epsilon``).
@@ -523,14 +519,17 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
         roundtrip_lib.roundtrip_weights(found[i].transform, loaded[i].shape, feather=feather,
                                         pixel_weights=loaded[i].alpha) for i in present])
     grey = np.array([loaded[i].is_grey for i in present])
-    embed = _roundtrip_apply(models, surrogate_weights)
-    params = (model_params, jnp.asarray(chips[0]), jnp.asarray(weights), jnp.asarray(grey))
+    seen = (jnp.asarray(chips[0]), jnp.asarray(weights), jnp.asarray(grey))
+    embed = tuple(_roundtrip_apply(m) for m in models)
+    params = tuple((p,) + seen for p in model_params)
   else:
-    embed, params = _ensemble_apply(models, surrogate_weights), model_params
+    embed, params = tuple(m.apply for m in models), model_params
+  # One surrogate, or an ensemble in which each keeps its own objective (opomjax.core.ensemble).
   mask, trace = opomjax.generate_masks(
       embed, jnp.asarray(chips, jnp.float32), params=params, method=method, key=prng, epsilon=epsilon,
       step_size=step_size, steps=steps, momentum=momentum, dfanet=dropout > 0, return_trace=True,
-      allow_large_epsilon=allow_large_epsilon, eot=tuple(eot), eot_samples=eot_samples)
+      allow_large_epsilon=allow_large_epsilon, eot=tuple(eot), eot_samples=eot_samples,
+      surrogate_weights=surrogate_weights)
   mask, trace = np.asarray(mask[0], np.float32), np.asarray(trace[0])
   if show_progress:
     log.info("mask computed in %.1f s", time.time() - start)
