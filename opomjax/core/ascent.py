@@ -195,12 +195,17 @@ def ascent_step(cfg: AscentConfig, net: Surrogate, images: jax.Array, clean: Any
     adv_keys = (adv_key,) if len(nets) == 1 else tuple(jax.random.split(adv_key, len(nets)))
   else:
     adv_keys = (None,) * len(nets)
-  cleans = (clean,) if isinstance(net, Network) else (clean if clean is not None else (None,) * len(nets))
+  if isinstance(net, Network):
+    cleans = (clean,)
+  else:
+    cleans = (None,) * len(nets) if clean is None else clean
   masked = jnp.clip(images + state.delta, 0.0, 255.0)
+  # EOT: the gradient averaged over random channels (opomjax.core.transfer), its own key stream; every member
+  # sees the same channel draws.
+  eot_key = jax.random.fold_in(jax.random.fold_in(key, t), EOT_KEY_STREAM) if cfg.eot else None
   values, grads = [], []
   for member, member_clean, adv_key in zip(nets, cleans, adv_keys):  # one member's gradient at a time
-    if cfg.eot:  # the gradient averaged over random channels (opomjax.core.transfer), its own key stream
-      eot_key = jax.random.fold_in(jax.random.fold_in(key, t), EOT_KEY_STREAM)
+    if cfg.eot:
       objective = functools.partial(image_objective, cfg, member, clean=member_clean, t=t, key=adv_key)
       value, grad = transfer.eot_gradient(objective, masked, eot_key, cfg.eot_samples, cfg.eot,
                                           rounding=cfg.eot_rounding)
@@ -604,8 +609,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    eot_rounding: str = "ste", surrogate_weights: Sequence[float] | None = None):
   """One universal privacy mask per identity (OPOM and the methods it is compared with).
 
-  The whole ascent is one jitted ``lax.scan`` per identity, vmapped over identities and optionally spread
-  over every local device. With ``momentum=None`` and ``dfanet=False`` the result is deterministic: the same
+  The steps of every identity are vmapped over identities and optionally spread over every local device
+  (see below for how they are run). With ``momentum=None`` and ``dfanet=False`` the result is deterministic: the same
   ``key`` (or ``init``) gives the same masks bit for bit, on one device or sharded.
 
   Every argument is checked before anything is compiled: the hyper-parameters first, then ``images``
