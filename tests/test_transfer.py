@@ -43,7 +43,7 @@ def test_quantisation_tables_are_the_ones_pillow_writes(quality):
 
 
 def test_dct_is_orthonormal():
-  c = transfer._dct_matrix()  # pylint: disable=protected-access
+  c = transfer.dct_matrix(8)
   np.testing.assert_allclose(c @ c.T, np.eye(8), atol=1e-6)
 
 

@@ -9,7 +9,10 @@ One step for one identity (:func:`ascent_step`), for masked images :math:`\\hat 
    \\delta \\leftarrow \\mathrm{clip}(\\delta + \\alpha\\, \\mathrm{sign}(\\bar g), -\\epsilon, \\epsilon)
 
 with momentum (Eq. 14) :math:`g \\leftarrow \\mu g + \\bar g / \\lVert \\bar g \\rVert_1` and the sign taken of
-``g``; with DFANet (Eq. 15) the network applies dropout from a fresh PRNG key at every step.
+``g``; with DFANet (Eq. 15) the network applies dropout from a fresh PRNG key at every step. The gradient side
+(momentum, and the transfer rules TI and VMI) is an optax chain (:mod:`opomjax.core.update_rules`); the input
+side (EOT channels, DI, SI, SSA: :mod:`opomjax.core.transfer`) transforms the masked images inside the objective
+with fresh keys; the mask can be a coarse grid of cells, upsampled (``mask_cell``), for smoother masks.
 :func:`identity_mask` runs the steps for one identity as one ``lax.scan`` (the reference loop);
 :func:`generate_masks` validates the input, draws the initial masks, computes the clean features once
 (:func:`identities_clean`) and runs the steps from Python in short unrolled pieces (:func:`identity_segment`,
@@ -48,6 +51,7 @@ from opomjax.core import hulls
 from opomjax.core import objectives
 from opomjax.core import parallel as parallel_lib
 from opomjax.core import transfer
+from opomjax.core import update_rules
 
 METHODS = ("fi-uap", "fi-uap+", "fi-uap-all", "opom-affine", "opom-center", "opom-convex", "gd-uap")
 
@@ -58,8 +62,11 @@ OFFICIAL_WARMUP_CENTER_STEPS = 5
 #: paper's 8; beyond it a mask visibly destroys the face.
 MAX_EPSILON = 32.0
 
-#: ``fold_in`` constant that separates the EOT draws of a step from its dropout keys.
+#: ``fold_in`` constant that separates the input-side draws of a step (EOT, DI, SSA) from its dropout keys.
 EOT_KEY_STREAM = 0x454F54
+
+#: ``fold_in`` constant of VMI's neighbourhood draws.
+VMI_KEY_STREAM = 0x564D49
 
 EmbedFn = Callable[..., jax.Array]
 
@@ -85,6 +92,18 @@ class AscentConfig:
     eot_rounding: the 8-bit rounding's gradient under ``eot``: ``"ste"`` or ``"cubic"``.
     member_weights: for an ensemble of surrogates, their weights (normalised to sum to 1; see
       :func:`opomjax.core.ensemble.combine_member_gradients`); empty for one surrogate.
+    ti_width: TI's kernel width (:func:`opomjax.core.update_rules.translation_invariant`); 1: off.
+    vmi_samples: VMI's neighbourhood gradients per step (:func:`opomjax.core.update_rules.variance_tuning`);
+      0: off.
+    vmi_beta: VMI's neighbourhood radius, in units of ``epsilon``.
+    di_probability: DI's probability of transforming a draw (:func:`opomjax.core.transfer.input_diversity`); 0: off.
+    si_copies: SI's scale copies (:func:`opomjax.core.transfer.scale_copies`); 1: off.
+    ssa_rho: SSA's spectrum rescaling range (:func:`opomjax.core.transfer.spectrum_simulation`, noise
+      ``sigma = epsilon``); 0: off.
+    input_samples: random draws per step of DI and SSA when ``eot`` is off (under ``eot``, ``eot_samples``
+      draws, each through a channel and then SSA and DI).
+    mask_cell: the mask is a grid of ``mask_cell x mask_cell`` cells upsampled bilinearly to the image (a
+      low-frequency mask); 1: every pixel free.
   """
 
   method: str = "opom-convex"
@@ -101,13 +120,55 @@ class AscentConfig:
   eot_samples: int = 4
   eot_rounding: str = "ste"
   member_weights: tuple[float, ...] = ()
+  ti_width: int = 1
+  vmi_samples: int = 0
+  vmi_beta: float = 1.5
+  di_probability: float = 0.0
+  si_copies: int = 1
+  ssa_rho: float = 0.0
+  input_samples: int = 1
+  mask_cell: int = 1
 
 
 class AscentState(NamedTuple):
-  """What the scan carries for one identity: the mask and the momentum accumulator."""
+  """What the steps carry for one identity: the mask (under ``mask_cell > 1`` its coarse grid) and the state of
+  the gradient rule (:func:`step_rule`: the momentum accumulator, VMI's variance)."""
 
   delta: jax.Array
-  velocity: jax.Array
+  rule_state: Any
+
+
+def step_rule(cfg: AscentConfig) -> update_rules.optax.GradientTransformationExtraArgs:
+  """The gradient side of a step: :func:`opomjax.core.update_rules.mask_rule` of ``cfg``."""
+  return update_rules.mask_rule(cfg.step_size, cfg.momentum, cfg.ti_width, cfg.vmi_samples > 0)
+
+
+def initial_state(cfg: AscentConfig, delta: jax.Array) -> AscentState:
+  """The state before the first step from the mask (or grid) ``delta``: zero momentum and variance."""
+  return AscentState(delta, step_rule(cfg).init(delta))
+
+
+def grid_shape(cfg: AscentConfig, height: int, width: int) -> tuple[int, int, int]:
+  """Shape of the optimised variable: the mask ``(H, W, 3)``, or its grid of cells ``(H / c, W / c, 3)``."""
+  return height // cfg.mask_cell, width // cfg.mask_cell, 3
+
+
+def mask_from_grid(cfg: AscentConfig, grid: jax.Array, height: int, width: int) -> jax.Array:
+  """The mask ``(..., H, W, 3)`` of the optimised variable: itself, or its grid upsampled bilinearly (a convex
+  combination of cells, so the mask keeps the grid's bound ``epsilon``)."""
+  if cfg.mask_cell == 1:
+    return grid
+  return jax.image.resize(grid, grid.shape[:-3] + (height, width, 3), method="linear", antialias=False)
+
+
+def grid_from_mask(cfg: AscentConfig, mask: jax.Array) -> jax.Array:
+  """The grid closest in spirit to a given mask ``(..., H, W, 3)``: its cell averages (itself for
+  ``mask_cell = 1``), used to start from a user's ``init``."""
+  if cfg.mask_cell == 1:
+    return mask
+  *lead, h, w, c = mask.shape
+  return mask.reshape(*lead, h // cfg.mask_cell, cfg.mask_cell, w // cfg.mask_cell, cfg.mask_cell, c).mean(
+      axis=(-4, -2))
 
 
 class Network(NamedTuple):
@@ -180,7 +241,8 @@ def ascent_step(cfg: AscentConfig, net: Surrogate, images: jax.Array, clean: Any
     clean: ``(n, d)`` clean features, for an ensemble a tuple of them (:func:`clean_features`; unused for
       GD-UAP; under DFANet recomputed here with dropout).
     key: the identity's PRNG key; step ``t`` uses ``fold_in(key, t)``.
-    state: current mask ``(H, W, 3)`` and momentum.
+    state: current mask ``(H, W, 3)`` (under ``mask_cell > 1`` its grid, :func:`grid_shape`) and the state of
+      the gradient rule (:func:`initial_state`).
     t: step index (int32 scalar).
 
   Returns:
@@ -199,33 +261,79 @@ def ascent_step(cfg: AscentConfig, net: Surrogate, images: jax.Array, clean: Any
     cleans = (clean,)
   else:
     cleans = (None,) * len(nets) if clean is None else clean
-  masked = jnp.clip(images + state.delta, 0.0, 255.0)
-  # EOT: the gradient averaged over random channels (opomjax.core.transfer), its own key stream; every member
-  # sees the same channel draws.
-  eot_key = jax.random.fold_in(jax.random.fold_in(key, t), EOT_KEY_STREAM) if cfg.eot else None
+  height, width = images.shape[-3], images.shape[-2]
+  mask = mask_from_grid(cfg, state.delta, height, width)
+  # The input-side draws (EOT, SSA, DI: opomjax.core.transfer) have their own key stream; every member sees the
+  # same draws.
+  input_key = jax.random.fold_in(jax.random.fold_in(key, t), EOT_KEY_STREAM) if uses_input_draws(cfg) else None
+  value, grad = step_gradient(cfg, nets, cleans, adv_keys, t, input_key, jnp.clip(images + mask, 0.0, 255.0))
+  to_grid = lambda g: g if cfg.mask_cell == 1 else jax.vjp(
+      lambda d: mask_from_grid(cfg, d, height, width), state.delta)[1](g)[0]
+  mean_grad = to_grid(jnp.mean(grad, axis=0))
+  extra = {}
+  if cfg.vmi_samples > 0:  # VMI: the mean gradient over masks drawn around the current one
+    vmi_key = jax.random.fold_in(jax.random.fold_in(key, t), VMI_KEY_STREAM)
+    radius = cfg.vmi_beta * cfg.epsilon
+    neighbour = jnp.zeros_like(state.delta)
+    for i in range(cfg.vmi_samples):  # unrolled, as every per-step loop on XLA:CPU
+      shift_key, draw_key = jax.random.split(jax.random.fold_in(vmi_key, i))
+      near = mask_from_grid(cfg, state.delta + jax.random.uniform(shift_key, state.delta.shape, state.delta.dtype,
+                                                                   -radius, radius), height, width)
+      _, near_grad = step_gradient(cfg, nets, cleans, adv_keys, t, None if input_key is None else draw_key,
+                                   jnp.clip(images + near, 0.0, 255.0))
+      neighbour = neighbour + to_grid(jnp.mean(near_grad, axis=0))
+    extra["neighbour_gradient"] = neighbour / cfg.vmi_samples
+  updates, rule_state = step_rule(cfg).update(mean_grad, state.rule_state, **extra)
+  delta = jnp.clip(state.delta + updates, -cfg.epsilon, cfg.epsilon)
+  return AscentState(delta, rule_state), value
+
+
+def uses_input_draws(cfg: AscentConfig) -> bool:
+  """Whether a step draws random input transformations (EOT channels, SSA, DI)."""
+  return bool(cfg.eot) or cfg.ssa_rho > 0 or cfg.di_probability > 0
+
+
+def input_transform(cfg: AscentConfig, key: jax.Array, images: jax.Array) -> jax.Array:
+  """One random draw of the input side for ``images`` ``(n, H, W, 3)``: the EOT channel (from ``key`` itself),
+  then SSA, then DI (from keys folded out of ``key``); what is off is skipped."""
+  x = images
+  if cfg.eot:
+    x = transfer.random_channel(key, x, cfg.eot, rounding=cfg.eot_rounding)
+  if cfg.ssa_rho > 0:
+    x = transfer.spectrum_simulation(jax.random.fold_in(key, 1), x, cfg.epsilon, cfg.ssa_rho)
+  if cfg.di_probability > 0:
+    x = transfer.input_diversity(jax.random.fold_in(key, 2), x, cfg.di_probability)
+  return x
+
+
+def member_gradient(cfg: AscentConfig, member: Network, clean: jax.Array | None, t: jax.Array,
+                    adv_key: jax.Array | None, input_key: jax.Array | None,
+                    masked: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``J`` of one surrogate on the masked images ``(n, H, W, 3)`` and its gradient with respect to them: averaged
+  over SI's scale copies and over the step's random input draws (:func:`input_transform`) when they are on."""
+  objective = lambda x: image_objective(cfg, member, x, clean, t, adv_key)
+  if cfg.si_copies > 1:
+    plain = objective
+    objective = lambda x: jnp.mean(jnp.stack([plain(c) for c in transfer.scale_copies(x, cfg.si_copies)]))
+  if input_key is None:
+    return jax.value_and_grad(objective)(masked)
+  samples = cfg.eot_samples if cfg.eot else cfg.input_samples
+  return transfer.expected_gradient(objective, masked, input_key, samples,
+                                    functools.partial(input_transform, cfg))
+
+
+def step_gradient(cfg: AscentConfig, nets: Sequence[Network], cleans: Sequence[Any], adv_keys: Sequence[Any],
+                  t: jax.Array, input_key: jax.Array | None, masked: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``J`` and its gradient ``(n, H, W, 3)`` on the masked images: one member's at a time, an ensemble's joined
+  by :func:`opomjax.core.ensemble.combine_member_gradients`."""
   values, grads = [], []
-  for member, member_clean, adv_key in zip(nets, cleans, adv_keys):  # one member's gradient at a time
-    if cfg.eot:
-      objective = functools.partial(image_objective, cfg, member, clean=member_clean, t=t, key=adv_key)
-      value, grad = transfer.eot_gradient(objective, masked, eot_key, cfg.eot_samples, cfg.eot,
-                                          rounding=cfg.eot_rounding)
-    else:
-      value, grad = jax.value_and_grad(image_objective, argnums=2)(cfg, member, masked, member_clean, t, adv_key)
+  for member, member_clean, adv_key in zip(nets, cleans, adv_keys):
+    value, grad = member_gradient(cfg, member, member_clean, t, adv_key, input_key, masked)
     values.append(value)
     grads.append(grad)
   if len(nets) == 1:
-    value, grad = values[0], grads[0]
-  else:
-    value, grad = ensemble.combine_member_gradients(values, grads, cfg.member_weights)
-  mean_grad = jnp.mean(grad, axis=0)
-  velocity = state.velocity
-  direction = mean_grad
-  if cfg.momentum is not None:
-    l1 = jnp.sum(jnp.abs(mean_grad))
-    velocity = cfg.momentum * velocity + mean_grad / jnp.maximum(l1, jnp.finfo(l1.dtype).tiny)
-    direction = velocity
-  delta = jnp.clip(state.delta + cfg.step_size * jnp.sign(direction), -cfg.epsilon, cfg.epsilon)
-  return AscentState(delta, velocity), value
+    return values[0], grads[0]
+  return ensemble.combine_member_gradients(values, grads, cfg.member_weights)
 
 
 def identity_mask(cfg: AscentConfig, net: Network, images: jax.Array, delta0: jax.Array,
@@ -236,7 +344,7 @@ def identity_mask(cfg: AscentConfig, net: Network, images: jax.Array, delta0: ja
     cfg: hyper-parameters.
     net: the surrogate.
     images: ``(n, H, W, 3)`` in [0, 255].
-    delta0: ``(H, W, 3)`` initial mask.
+    delta0: ``(H, W, 3)`` initial mask (under ``mask_cell > 1`` its grid).
     key: the identity's PRNG key (dropout keys under DFANet).
 
   Returns:
@@ -244,9 +352,8 @@ def identity_mask(cfg: AscentConfig, net: Network, images: jax.Array, delta0: ja
   """
   clean = clean_features(net, images, None) if needs_clean_features(cfg) else None
   step = functools.partial(ascent_step, cfg, net, images, clean, key)
-  state0 = AscentState(delta0, jnp.zeros_like(delta0))
-  state, trace = jax.lax.scan(step, state0, jnp.arange(cfg.steps, dtype=jnp.int32))
-  return state.delta, trace
+  state, trace = jax.lax.scan(step, initial_state(cfg, delta0), jnp.arange(cfg.steps, dtype=jnp.int32))
+  return mask_from_grid(cfg, state.delta, images.shape[-3], images.shape[-2]), trace
 
 
 def identity_segment(cfg: AscentConfig, length: int, net: Network, images: jax.Array, clean: jax.Array | None,
@@ -264,7 +371,7 @@ def identity_segment(cfg: AscentConfig, length: int, net: Network, images: jax.A
     net: the surrogate.
     images: ``(n, H, W, 3)`` in [0, 255].
     clean: ``(n, d)`` clean features (:func:`clean_features`), or None (GD-UAP, DFANet).
-    state: the mask and momentum after ``first_step`` steps.
+    state: the mask (or grid) and the rule state after ``first_step`` steps.
     key: the identity's PRNG key.
     first_step: index of the first step (int32 scalar).
 
@@ -329,21 +436,22 @@ def identities_segment(cfg: AscentConfig, length: int, embed_fn: EmbedFn, activa
     activations_fn: see :func:`generate_masks`.
     shared: ``(params, first_step)``, the same for every identity.
     batch: ``images (k, n, H, W, 3)``, ``clean (k, n, d)`` (ignored unless :func:`needs_clean_features`),
-      ``delta (k, H, W, 3)``, ``velocity (k, H, W, 3)``, ``keys (k, ...)``.
+      ``delta (k, H, W, 3)`` (or grids), the rule states (leaves with a leading ``k``), ``keys (k, ...)``.
 
   Returns:
-    ``delta``, ``velocity`` after the piece and the objective traces ``(k, length)``.
+    ``delta``, the rule states after the piece and the objective traces ``(k, length)``.
   """
   params, first_step = shared
   net = make_network(embed_fn, activations_fn, params, cfg.dfanet)
-  images, clean, delta, velocity, keys = batch
+  images, clean, delta, rule_state, keys = batch
 
-  def one(images, clean, delta, velocity, key):
+  def one(images, clean, delta, rule_state, key):
     clean = clean if needs_clean_features(cfg) else None
-    state, trace = identity_segment(cfg, length, net, images, clean, AscentState(delta, velocity), key, first_step)
-    return state.delta, state.velocity, trace
+    state, trace = identity_segment(cfg, length, net, images, clean, AscentState(delta, rule_state), key,
+                                    first_step)
+    return state.delta, state.rule_state, trace
 
-  return jax.vmap(one)(images, clean, delta, velocity, keys)
+  return jax.vmap(one)(images, clean, delta, rule_state, keys)
 
 
 @functools.lru_cache(maxsize=8)
@@ -393,7 +501,7 @@ def _progress_callback(progress: ProgressFn | bool, steps: int) -> tuple[Progres
 
 
 def run_in_pieces(runner_for: Callable[[int], Callable[..., Any]], params: Any, images: jax.Array,
-                  clean: jax.Array, init: jax.Array, keys: jax.Array, steps: int, length: int,
+                  clean: jax.Array, init: AscentState, keys: jax.Array, steps: int, length: int,
                   report: ProgressFn | None) -> tuple[jax.Array, jax.Array]:
   """All ``steps`` in pieces of ``length`` steps, waiting for each piece and reporting ``(done, steps)``.
 
@@ -405,20 +513,21 @@ def run_in_pieces(runner_for: Callable[[int], Callable[..., Any]], params: Any, 
     params: model parameters (or None).
     images: ``(k, n, H, W, 3)``.
     clean: ``(k, n, d)`` clean features (or a placeholder, see :func:`identities_segment`).
-    init: ``(k, H, W, 3)`` initial masks.
+    init: the initial states of the ``k`` identities (:func:`initial_state` vmapped): masks (or grids) and rule
+      states.
     keys: ``(k,)`` identity keys.
     steps: total number of steps.
     length: steps per piece; the last piece is shorter when ``length`` does not divide ``steps``.
     report: called as ``report(done, steps)`` after each piece, or None.
 
   Returns:
-    Masks ``(k, H, W, 3)`` and objective traces ``(k, steps)``.
+    Masks (or grids) ``(k, ...)`` and objective traces ``(k, steps)``.
   """
-  delta, velocity = init, jnp.zeros_like(init)
+  delta, rule_state = init
   traces, done = [], 0
   while done < steps:
     piece = min(length, steps - done)
-    delta, velocity, trace = runner_for(piece)((params, jnp.int32(done)), (images, clean, delta, velocity, keys))
+    delta, rule_state, trace = runner_for(piece)((params, jnp.int32(done)), (images, clean, delta, rule_state, keys))
     jax.block_until_ready(delta)
     traces.append(trace)
     done += piece
@@ -482,6 +591,7 @@ def validate_config(cfg: AscentConfig, n_images: int, *, allow_large_epsilon: bo
       raise ValueError(f"eot_samples must be a positive integer, got {cfg.eot_samples!r}")
     if cfg.eot_rounding not in transfer.ROUNDINGS:
       raise ValueError(f"eot_rounding must be one of {transfer.ROUNDINGS}, got {cfg.eot_rounding!r}")
+  validate_transfer_options(cfg)
   if cfg.method == "opom-convex":
     if np.isnan(cfg.lower) or np.isnan(cfg.upper):
       raise ValueError(f"lower and upper must be numbers, got lower={cfg.lower}, upper={cfg.upper}")
@@ -490,6 +600,26 @@ def validate_config(cfg: AscentConfig, n_images: int, *, allow_large_epsilon: bo
     if not cfg.lower <= 1.0 / n_images <= cfg.upper:
       raise ValueError(f"the reduced hull is empty: need lower <= 1/n <= upper for n={n_images} images per "
                        f"identity, got lower={cfg.lower}, upper={cfg.upper}")
+
+
+def validate_transfer_options(cfg: AscentConfig) -> None:
+  """ValueError naming the bad transfer option of ``cfg`` (TI, VMI, DI, SI, SSA, the low-frequency mask)."""
+  if not _is_integer(cfg.ti_width) or cfg.ti_width < 1 or cfg.ti_width % 2 == 0:
+    raise ValueError(f"ti_width must be a positive odd integer (1: no smoothing), got {cfg.ti_width!r}")
+  if not _is_integer(cfg.vmi_samples) or cfg.vmi_samples < 0:
+    raise ValueError(f"vmi_samples must be a non-negative integer (0: no VMI), got {cfg.vmi_samples!r}")
+  if not np.isfinite(cfg.vmi_beta) or cfg.vmi_beta <= 0:
+    raise ValueError(f"vmi_beta must be a positive finite number, got {cfg.vmi_beta}")
+  if not 0.0 <= cfg.di_probability <= 1.0:
+    raise ValueError(f"di_probability must lie in [0, 1], got {cfg.di_probability}")
+  if not _is_integer(cfg.si_copies) or cfg.si_copies < 1:
+    raise ValueError(f"si_copies must be a positive integer (1: no SI), got {cfg.si_copies!r}")
+  if not 0.0 <= cfg.ssa_rho <= 1.0:
+    raise ValueError(f"ssa_rho must lie in [0, 1] (0: no SSA), got {cfg.ssa_rho}")
+  if not _is_integer(cfg.input_samples) or cfg.input_samples < 1:
+    raise ValueError(f"input_samples must be a positive integer, got {cfg.input_samples!r}")
+  if not _is_integer(cfg.mask_cell) or cfg.mask_cell < 1:
+    raise ValueError(f"mask_cell must be a positive integer (1: every pixel free), got {cfg.mask_cell!r}")
 
 
 def _describe_bad_identities(bad_per_identity: np.ndarray) -> str:
@@ -606,7 +736,9 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    devices: Sequence[jax.Device] | None = None, return_trace: bool = False,
                    allow_large_epsilon: bool = False, progress: ProgressFn | bool | None = None,
                    steps_per_call: int | None = None, eot: Sequence[str] = (), eot_samples: int = 4,
-                   eot_rounding: str = "ste", surrogate_weights: Sequence[float] | None = None):
+                   eot_rounding: str = "ste", surrogate_weights: Sequence[float] | None = None,
+                   ti_width: int = 1, vmi_samples: int = 0, vmi_beta: float = 1.5, di_probability: float = 0.0,
+                   si_copies: int = 1, ssa_rho: float = 0.0, input_samples: int = 1, mask_cell: int = 1):
   """One universal privacy mask per identity (OPOM and the methods it is compared with).
 
   The steps of every identity are vmapped over identities and optionally spread over every local device
@@ -670,6 +802,18 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     eot_rounding: gradient of the 8-bit rounding under ``eot``: ``"ste"`` (straight-through) or ``"cubic"``.
     surrogate_weights: for an ensemble, one non-negative weight per member (normalised to sum to 1; default
       equal).
+    ti_width: translation-invariant smoothing of the gradient (TI), the odd width of its Gaussian kernel; 1: off.
+    vmi_samples: variance tuning (VMI): gradients drawn around the mask per step (each one more forward +
+      backward); 0: off.
+    vmi_beta: VMI's radius around the mask, in units of ``epsilon`` (its paper: 1.5).
+    di_probability: input diversity (DI): probability that a draw shrinks and shifts the masked images; 0: off.
+    si_copies: scale invariance (SI): the gradient averaged over ``x / 2^i``, ``i < si_copies`` (each one more
+      forward + backward); 1: off.
+    ssa_rho: spectrum simulation (SSA): random rescaling of each DCT coefficient in ``[1 - rho, 1 + rho]`` after
+      Gaussian noise of ``sigma = epsilon`` (its paper: 0.5); 0: off.
+    input_samples: random draws of DI and SSA per step (without ``eot``; with it, ``eot_samples``).
+    mask_cell: a low-frequency mask: the ascent moves a grid of ``mask_cell x mask_cell``-pixel cells and the
+      mask is that grid upsampled bilinearly (``H`` and ``W`` must be multiples of it); 1: every pixel free.
 
   Returns:
     Masks ``(k, H, W, 3)`` float32 with ``|mask| <= epsilon`` (``"fi-uap-all"``: the same mask for every
@@ -710,7 +854,10 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                      upper=_as_number(upper, "upper"), solver=solver, dfanet=dfanet,
                      eot=tuple(n.strip() for n in eot.split(",") if n.strip()) if isinstance(eot, str)
                      else tuple(eot), eot_samples=eot_samples,
-                     eot_rounding=eot_rounding, member_weights=member_weights)
+                     eot_rounding=eot_rounding, member_weights=member_weights, ti_width=ti_width,
+                     vmi_samples=vmi_samples, vmi_beta=_as_number(vmi_beta, "vmi_beta"),
+                     di_probability=_as_number(di_probability, "di_probability"), si_copies=si_copies,
+                     ssa_rho=_as_number(ssa_rho, "ssa_rho"), input_samples=input_samples, mask_cell=mask_cell)
   if not isinstance(images, jax.Array):
     try:
       images = np.asarray(images)
@@ -718,6 +865,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
       raise ValueError(f"images must be a (k, n, H, W, 3) array, got {type(images).__name__}: {err}") from None
   k, n, height, width, _ = validate_image_shape(images)
   validate_config(cfg, n if method != "fi-uap-all" else k * n, allow_large_epsilon=allow_large_epsilon)
+  if height % cfg.mask_cell or width % cfg.mask_cell:
+    raise ValueError(f"mask_cell={cfg.mask_cell} must divide the image height and width, got {height}x{width}")
   cfg = dataclasses.replace(cfg, dfanet=bool(dfanet))
   validate_image_values(images)
   if init is not None:
@@ -736,7 +885,10 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
   groups = images.shape[0]
   init_key, step_key = jax.random.split(key)
   if init is None:
-    init = jax.random.uniform(init_key, (groups, height, width, 3), jnp.float32, -cfg.epsilon, cfg.epsilon)
+    init = jax.random.uniform(init_key, (groups,) + grid_shape(cfg, height, width), jnp.float32, -cfg.epsilon,
+                              cfg.epsilon)
+  else:
+    init = grid_from_mask(cfg, init)
   identity_keys = jax.random.split(step_key, groups)
 
   if needs_clean_features(cfg):
@@ -748,11 +900,12 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
   length = 1 if steps_per_call is None else int(steps_per_call)
   report, close = _progress_callback(progress, cfg.steps) if progress else (None, lambda: None)
   try:
-    masks, trace = run_in_pieces(
+    grids, trace = run_in_pieces(
         lambda piece: _runner(cfg, embed_fn, activations_fn, parallel, devices, piece), params, images, clean,
-        init, identity_keys, cfg.steps, length, report)
+        jax.vmap(functools.partial(initial_state, cfg))(init), identity_keys, cfg.steps, length, report)
   finally:
     close()
+  masks = mask_from_grid(cfg, grids, height, width)
   if method == "fi-uap-all":
     masks = jnp.broadcast_to(masks, (k, height, width, 3))
     trace = jnp.broadcast_to(trace, (k, cfg.steps))

@@ -15,6 +15,17 @@ JAX on float images ``(..., H, W, 3)`` in [0, 255]:
 * :func:`gaussian_blur`: a separable Gaussian of a given sigma;
 * :func:`random_channel`: one of those drawn at random with random parameters from a key, then rounded to 8
   bits; :func:`eot_gradient` averages a gradient over ``K`` such draws.
+
+The same file holds the input-side transformations that transfer attacks on face recognition use to make a
+perturbation fit models it was not computed on (each the identity at zero strength):
+
+* :func:`input_diversity`: DI, a random shrink and placement with probability ``p`` (Xie et al., "Improving
+  Transferability of Adversarial Examples with Input Diversity", CVPR 2019);
+* :func:`scale_copies`: SI, the copies ``x / 2^i`` whose gradients are averaged (Lin et al., "Nesterov
+  Accelerated Gradient and Scale Invariance for Adversarial Attacks", ICLR 2020);
+* :func:`spectrum_simulation`: SSA, Gaussian noise and a random rescaling of every DCT coefficient (Long et al.,
+  "Frequency Domain Model Augmentation for Adversarial Attack", ECCV 2022);
+* :func:`expected_gradient`: the mean gradient over random draws of any such transformation.
 """
 
 from __future__ import annotations
@@ -74,14 +85,6 @@ def quantisation_tables(quality) -> tuple[jax.Array, jax.Array]:
   return make(_LUMA_TABLE), make(_CHROMA_TABLE)
 
 
-def _dct_matrix() -> np.ndarray:
-  """The orthonormal 8-point DCT-II matrix ``C[k, n] = a(k) cos(pi (2n + 1) k / 16)``."""
-  k, n = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
-  c = np.cos(np.pi * (2 * n + 1) * k / 16) * np.sqrt(2 / 8)
-  c[0] /= np.sqrt(2)
-  return c.astype(np.float32)
-
-
 def _blocks(x: jax.Array) -> jax.Array:
   """``(..., H, W)`` -> ``(..., H/8, W/8, 8, 8)``."""
   *lead, h, w = x.shape
@@ -95,7 +98,7 @@ def _unblocks(x: jax.Array) -> jax.Array:
 
 def _quantise_plane(plane: jax.Array, table: jax.Array, rounding: Callable) -> jax.Array:
   """One level-shifted plane ``(..., H, W)`` (H, W multiples of 8) through DCT, quantisation and back."""
-  c = jnp.asarray(_dct_matrix())
+  c = jnp.asarray(dct_matrix(8))
   hp = jax.lax.Precision.HIGHEST
   coeffs = jnp.einsum("kn,...nm,lm->...kl", c, _blocks(plane), c, precision=hp)
   coeffs = rounding(coeffs / table) * table
@@ -203,9 +206,9 @@ def random_channel(key: jax.Array, images: jax.Array, channels: Sequence[str] = 
   return rnd(jnp.clip(out, 0.0, 255.0))
 
 
-def eot_gradient(fn: Callable[[jax.Array], jax.Array], images: jax.Array, key: jax.Array, samples: int,
-                 channels: Sequence[str] = EOT_CHANNELS[1:], *, rounding: str = "ste") -> tuple[jax.Array, jax.Array]:
-  """Mean value and gradient of ``fn(random_channel(key_s, images))`` over ``samples`` keys ``key_s``.
+def expected_gradient(fn: Callable[[jax.Array], jax.Array], images: jax.Array, key: jax.Array, samples: int,
+                      transform: Callable[[jax.Array, jax.Array], jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Mean value and gradient of ``fn(transform(key_s, images))`` over ``samples`` keys split from ``key``.
 
   .. math:: \\nabla_x\\, \\mathbb{E}_{T}\\, J(T(x)) \\approx \\frac{1}{K} \\sum_{s=1}^{K} \\nabla_x J(T_s(x))
 
@@ -216,7 +219,66 @@ def eot_gradient(fn: Callable[[jax.Array], jax.Array], images: jax.Array, key: j
   keys = jax.random.split(key, samples)
   total, values = jnp.zeros_like(images), []
   for s in range(samples):  # a Python loop: a lax.scan lowers to a while loop, ~3-5x slower per body on CPU
-    value, grad = jax.value_and_grad(lambda x, k=keys[s]: fn(random_channel(k, x, channels, rounding=rounding)))(
-        images)
+    value, grad = jax.value_and_grad(lambda x, k=keys[s]: fn(transform(k, x)))(images)
     total, values = total + grad, values + [value]
   return jnp.mean(jnp.stack(values)), total / samples
+
+
+def eot_gradient(fn: Callable[[jax.Array], jax.Array], images: jax.Array, key: jax.Array, samples: int,
+                 channels: Sequence[str] = EOT_CHANNELS[1:], *, rounding: str = "ste") -> tuple[jax.Array, jax.Array]:
+  """Mean value and gradient of ``fn(random_channel(key_s, images))`` over ``samples`` keys ``key_s``
+  (:func:`expected_gradient` over :func:`random_channel`)."""
+  channel = lambda k, x: random_channel(k, x, channels, rounding=rounding)
+  return expected_gradient(fn, images, key, samples, channel)
+
+
+def input_diversity(key: jax.Array, images: jax.Array, probability: float, min_scale: float = 0.9) -> jax.Array:
+  """DI (Xie et al., CVPR 2019): with ``probability``, ``images`` ``(..., H, W, 3)`` shrunk by a random factor
+  in ``[min_scale, 1]`` and placed at a random offset on a black ``H x W`` canvas; otherwise unchanged.
+
+  The original resizes up and pads to a larger input; the models here take a fixed canonical frame, so the image
+  shrinks inside it instead (bilinear, antialiased; the same draw for every image of the batch, as the mask is
+  one). Shapes are kept; at ``probability = 0`` the result is ``images`` exactly.
+  """
+  apply_key, scale_key, shift_key = jax.random.split(key, 3)
+  h, w = images.shape[-3], images.shape[-2]
+  scale = jax.random.uniform(scale_key, (), minval=min_scale, maxval=1.0)
+  shift = jax.random.uniform(shift_key, (2,)) * (1.0 - scale) * jnp.asarray([h, w], jnp.float32)
+  nd = images.ndim
+  moved = jax.image.scale_and_translate(images, images.shape, (nd - 3, nd - 2), jnp.stack([scale, scale]), shift,
+                                        method="linear", antialias=True)
+  return jnp.where(jax.random.uniform(apply_key, ()) < probability, moved, images)
+
+
+def scale_copies(images: jax.Array, copies: int) -> jax.Array:
+  """SI (Lin et al., ICLR 2020): ``(copies, ...)`` holding ``images / 2^i`` for ``i = 0 .. copies - 1``; the
+  gradient averaged over them is the scale-invariant gradient. ``copies = 1`` is ``images`` alone."""
+  return jnp.stack([images / 2.0 ** i for i in range(copies)])
+
+
+def dct_matrix(size: int) -> np.ndarray:
+  """The orthonormal ``size``-point DCT-II matrix ``C[k, n] = a(k) cos(pi (2n + 1) k / (2 size))``."""
+  k, n = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+  c = np.cos(np.pi * (2 * n + 1) * k / (2 * size)) * np.sqrt(2.0 / size)
+  c[0] /= np.sqrt(2.0)
+  return c.astype(np.float32)
+
+
+def spectrum_simulation(key: jax.Array, images: jax.Array, sigma, rho) -> jax.Array:
+  """SSA (Long et al., ECCV 2022): one spectrum-transformed copy of ``images`` ``(..., H, W, 3)``.
+
+  .. math:: T(x) = \\mathcal{D}^{-1}\\big(\\mathcal{D}(x + \\xi) \\odot M\\big), \\quad
+     \\xi \\sim \\mathcal{N}(0, \\sigma^2 I), \\; M \\sim \\mathcal{U}(1 - \\rho, 1 + \\rho)
+
+  with :math:`\\mathcal{D}` the orthonormal 2-D DCT of each channel over the whole image (the authors' code
+  draws ``sigma = epsilon`` and ``rho = 0.5``). ``sigma`` is in pixel units of [0, 255]; at ``sigma = rho = 0``
+  the result equals ``images`` up to float rounding (the DCT is orthonormal).
+  """
+  noise_key, scale_key = jax.random.split(key)
+  h, w = images.shape[-3], images.shape[-2]
+  ch, cw = jnp.asarray(dct_matrix(h)), jnp.asarray(dct_matrix(w))
+  hp = jax.lax.Precision.HIGHEST
+  x = images + sigma * jax.random.normal(noise_key, images.shape, images.dtype)
+  coeffs = jnp.einsum("kh,...hwc,lw->...klc", ch, x, cw, precision=hp)
+  coeffs = coeffs * jax.random.uniform(scale_key, images.shape, images.dtype, 1.0 - rho, 1.0 + rho)
+  return jnp.einsum("kh,...klc,lw->...hwc", ch, coeffs, cw, precision=hp)

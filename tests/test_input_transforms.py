@@ -1,0 +1,139 @@
+"""Input-side transfer techniques (DI, SI, SSA in opomjax.core.transfer), the low-frequency mask, and masks
+within epsilon for every combination of the techniques in generate_masks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import fft
+
+from opomjax.core import ascent
+from opomjax.core import transfer
+
+EPS = 8.0
+
+
+def images(shape=(2, 16, 16, 3), seed=0):
+  return jax.random.uniform(jax.random.key(seed), shape, jnp.float32, 0.0, 255.0)
+
+
+@pytest.mark.parametrize("size", [8, 16, 112])
+def test_dct_matrix_equals_scipy_orthonormal_dct(size):
+  x = np.random.default_rng(0).normal(size=size)
+  np.testing.assert_allclose(transfer.dct_matrix(size) @ x, fft.dct(x, norm="ortho"), rtol=1e-5, atol=1e-5)
+
+
+def test_di_keeps_shapes_and_is_the_identity_at_probability_zero():
+  x = images()
+  for seed in range(5):
+    out = transfer.input_diversity(jax.random.key(seed), x, 0.0)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+  assert transfer.input_diversity(jax.random.key(0), x, 1.0).shape == x.shape
+
+
+def test_di_at_probability_one_shrinks_a_flat_image_inside_the_frame():
+  x = jnp.full((1, 32, 32, 3), 200.0)
+  changed = 0
+  for seed in range(6):
+    out = np.asarray(transfer.input_diversity(jax.random.key(seed), x, 1.0, min_scale=0.5))
+    covered = (out[0, ..., 0] > 100).mean()  # the placed image's area, a fraction of the frame
+    assert 0.5 ** 2 - 0.1 <= covered <= 1.0
+    changed += covered < 0.97
+  assert changed >= 4  # most draws shrink visibly
+
+
+def test_si_copies_are_the_image_halved_again_and_again():
+  x = images()
+  copies = np.asarray(transfer.scale_copies(x, 3))
+  assert copies.shape == (3,) + x.shape
+  for i in range(3):
+    np.testing.assert_allclose(copies[i], np.asarray(x) / 2 ** i, rtol=1e-7)
+
+
+def test_ssa_at_zero_strength_is_the_identity():
+  x = images()
+  out = transfer.spectrum_simulation(jax.random.key(0), x, 0.0, 0.0)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(x), atol=2e-3)
+
+
+def test_ssa_rescales_every_dct_coefficient_within_rho():
+  x = np.asarray(images((1, 16, 16, 3)))
+  out = np.asarray(transfer.spectrum_simulation(jax.random.key(1), jnp.asarray(x), 0.0, 0.5))
+  ratio = fft.dctn(out[0], axes=(0, 1), norm="ortho") / fft.dctn(x[0], axes=(0, 1), norm="ortho")
+  assert 0.5 - 1e-3 <= ratio.min() and ratio.max() <= 1.5 + 1e-3
+  assert ratio.std() > 0.2  # uniform in [0.5, 1.5]: std 0.29
+
+
+def toy_embed(x):
+  return jnp.tanh(x.reshape(x.shape[0], -1)[:, :24] / 100.0 - 1.0)
+
+
+def upsampling_matrix(small: int, large: int) -> np.ndarray:
+  """The bilinear upsampling of one axis as a matrix, from jax.image.resize on unit vectors."""
+  eye = np.eye(small, dtype=np.float32)
+  return np.stack([np.asarray(jax.image.resize(eye[i], (large,), "linear", antialias=False))
+                   for i in range(small)], axis=1)
+
+
+def test_low_frequency_mask_is_an_upsampled_grid_within_epsilon():
+  x = images((2, 3, 16, 16, 3))
+  coarse = ascent.generate_masks(toy_embed, x, method="fi-uap", key=jax.random.key(0), steps=3, mask_cell=4)
+  fine = ascent.generate_masks(toy_embed, x, method="fi-uap", key=jax.random.key(0), steps=3)
+  assert coarse.shape == fine.shape and float(jnp.abs(coarse).max()) <= EPS
+  up = upsampling_matrix(4, 16)
+  project = up @ np.linalg.pinv(up)  # onto the span of bilinearly upsampled 4x4 grids, per axis
+  for masks, in_span in ((coarse, True), (fine, False)):
+    m = np.asarray(masks[0, ..., 0])
+    residual = np.abs(project @ m @ project.T - m).max()
+    assert (residual < 1e-3) == in_span, residual
+
+
+def test_mask_cell_must_divide_the_image():
+  with pytest.raises(ValueError, match="mask_cell"):
+    ascent.generate_masks(toy_embed, images((1, 2, 16, 16, 3)), method="fi-uap", key=jax.random.key(0), steps=1,
+                          mask_cell=3)
+
+
+TECHNIQUES = dict(ti_width=3, vmi_samples=1, di_probability=0.7, si_copies=2, ssa_rho=0.5, mask_cell=2)
+
+
+@pytest.mark.parametrize("names", [()] + [(n,) for n in TECHNIQUES] + [tuple(TECHNIQUES)],
+                         ids=lambda names: "+".join(names) or "plain")
+def test_masks_stay_within_epsilon_for_every_combination(names):
+  options = {n: TECHNIQUES[n] for n in names}
+  x = images((2, 2, 16, 16, 3))
+  masks, trace = ascent.generate_masks(toy_embed, x, method="opom-center", key=jax.random.key(2), steps=3,
+                                       momentum=1.0, return_trace=True, **options)
+  assert masks.shape == (2, 16, 16, 3) and bool(jnp.all(jnp.isfinite(trace)))
+  assert float(jnp.abs(masks).max()) <= EPS
+  again = ascent.generate_masks(toy_embed, x, method="opom-center", key=jax.random.key(2), steps=3, momentum=1.0,
+                                **options)
+  np.testing.assert_array_equal(np.asarray(masks), np.asarray(again))  # the same key, the same masks
+  if names:  # each technique changes the masks
+    plain = ascent.generate_masks(toy_embed, x, method="opom-center", key=jax.random.key(2), steps=3, momentum=1.0)
+    assert np.any(np.asarray(plain) != np.asarray(masks))
+
+
+def test_si_gradient_is_the_mean_of_the_copies_gradients():
+  cfg = ascent.AscentConfig(method="fi-uap", si_copies=3)
+  net = ascent.Network(lambda x, key: toy_embed(x), None)
+  x = images((3, 16, 16, 3))
+  clean = toy_embed(x + 5.0)
+  _, grad = ascent.member_gradient(cfg, net, clean, jnp.int32(0), None, None, x)
+  plain = ascent.AscentConfig(method="fi-uap")
+  want = sum(jax.grad(lambda y, i=i: ascent.image_objective(plain, net, y / 2 ** i, clean, 0, None))(x)
+             for i in range(3)) / 3
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(want), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(ti_width=2), "ti_width"), (dict(vmi_samples=-1), "vmi_samples"), (dict(di_probability=1.5), "di_prob"),
+    (dict(si_copies=0), "si_copies"), (dict(ssa_rho=-0.1), "ssa_rho"), (dict(input_samples=0), "input_samples"),
+    (dict(vmi_beta=0.0), "vmi_beta")])
+def test_bad_transfer_options_are_refused_naming_them(change, match):
+  with pytest.raises(ValueError, match=match):
+    ascent.generate_masks(toy_embed, images((1, 2, 16, 16, 3)), method="fi-uap", key=jax.random.key(0), steps=1,
+                          **change)
+
