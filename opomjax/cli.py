@@ -1,14 +1,16 @@
 """The ``opomjax`` command: one entry point, one subcommand per job.
 
   opomjax protect --photos my_photos/ --out protected/     # protect your own photos (one mask per person)
+  opomjax protect-video --video clip.mp4 --mask protected/mask.npz --out clip_protected.mp4   # and a video
   opomjax checkpoints list                                 # the model registry and what this machine has
   opomjax run --config.dataset.num_identities=0            # the main experiment job
   python -m opomjax ...                                    # the same without the console script
 
 Each subcommand is a module with a ``main``; it is imported only when asked for, so ``opomjax --help`` is
-instant and works even where a subcommand's dependencies are missing. ``protect`` and ``checkpoints`` take
-their arguments as ``main(argv)`` (argv without the program name) and return the exit status; ``run``,
-``generate``, ``evaluate`` and ``baselines`` are absl applications (flags such as ``--config.steps=4``).
+instant and works even where a subcommand's dependencies are missing. ``protect``, ``protect-video`` and
+``checkpoints`` take their arguments as ``main(argv)`` (argv without the program name) and return the exit
+status; ``run``, ``generate``, ``evaluate`` and ``baselines`` are absl applications (flags such as
+``--config.steps=4``).
 
 Errors about input (a missing or unreadable file, a bad value) print one ``error: ...`` line and exit with
 status 1; set ``$OPOMJAX_TRACEBACK=1`` to see the traceback instead. Usage errors exit with status 2.
@@ -38,6 +40,8 @@ class Command:
 #: subcommand -> how to run it (in the order ``--help`` lists them).
 COMMANDS: dict[str, Command] = {
     "protect": Command("opomjax.protect.cli", "protect a person's own photos with one mask (or reuse a saved one)"),
+    "protect-video": Command("opomjax.protect.video", "add a person's saved mask to their face in every frame of "
+                             "a video (audio kept)"),
     "checkpoints": Command("opomjax.models.checkpoints",
                            "list the model registry; verify and cache weight files (list | prepare NAME)"),
     "run": Command("experiments.run", "the main job: generate masks, evaluate them, write the report", absl=True),
