@@ -39,6 +39,7 @@ from opomjax import frame as frame_lib
 from opomjax.faces import channel as channel_lib
 from opomjax.models import checkpoints
 from opomjax.pipeline import features as features_lib
+from opomjax.pipeline import gap as gap_lib
 from opomjax.pipeline import masks as masks_lib
 from opomjax.pipeline import photos as photos_lib
 from opomjax.pipeline import reports
@@ -265,6 +266,9 @@ def check_masks_for_evaluation(config, protocol, workdirs: dict) -> None:
   """Every mask to be evaluated exists, is its identity's and was made with the config's settings."""
   names = list(protocol.names)
   for method, workdir in workdirs.items():
+    if method == gap_lib.METHOD:  # one universal mask with GAP's own settings record
+      gap_lib.check_masks(config, protocol, workdir)
+      continue
     group_size = settings_lib.effective_group_size(config, method, len(names))
     for g, idx in enumerate(identity_groups(len(names), group_size)):
       expected = expected_settings(config, protocol, method, g, idx)
@@ -279,6 +283,8 @@ def check_masks_for_evaluation(config, protocol, workdirs: dict) -> None:
 
 def row_settings(config, protocol, method: str) -> dict:
   """The settings columns of ``method``'s results rows (see ``reports.SETTING_KEYS``)."""
+  if method == gap_lib.METHOD:
+    return gap_lib.row_settings(config, protocol)
   settings = {**settings_lib.generation_settings(config, method), "num_identities": len(protocol.names),
               "frame": str(protocol.frame_name)}
   row = {key: settings.get(key) for key in reports.SETTING_KEYS if key != "settings_id"}
@@ -483,6 +489,14 @@ def method_workdirs(config, workdir) -> dict:
   return {method: pathlib.Path(workdir) / run_name(method, config) for method in method_names(config)}
 
 
+def check_workdirs(config, workdirs: dict) -> None:
+  """The config-settings check of the masks already in every ``workdirs[method]`` (GAP: its own record and
+  checkpoint, :func:`opomjax.pipeline.gap.check_workdir`)."""
+  settings_lib.check_workdir(config, {m: w for m, w in workdirs.items() if m != gap_lib.METHOD})
+  if gap_lib.METHOD in workdirs:
+    gap_lib.check_workdir(config, workdirs[gap_lib.METHOD])
+
+
 def prepare_generation(config, workdir) -> dict:
   """Everything a generation checks before its first expensive step; returns {method: its workdir}.
 
@@ -491,7 +505,7 @@ def prepare_generation(config, workdir) -> dict:
   """
   validate.check_config(config, workdir)
   workdirs = method_workdirs(config, workdir)
-  settings_lib.check_workdir(config, workdirs)
+  check_workdirs(config, workdirs)
   return workdirs
 
 
@@ -513,7 +527,11 @@ def generate_methods(config, workdirs: dict, *, protocol=None):
   protocol = protocol or load_protocol(config.dataset)
   validate.check_reduced_hull(config, list(workdirs), protocol.train.shape[1])
   for method, wd in workdirs.items():
-    summary = generate(config, protocol, model, wd, method=method, show_progress=jax.process_index() == 0)
+    if method == gap_lib.METHOD:  # a generator trained with Adam (process 0), not the signed-gradient ascent
+      summary = (gap_lib.train(config, protocol, model, wd) if jax.process_index() == 0
+                 else {"method": method, "generated": 0})
+    else:
+      summary = generate(config, protocol, model, wd, method=method, show_progress=jax.process_index() == 0)
     log.info("process %d: %s", jax.process_index(), summary)
   barrier("opomjax-generate")
   return protocol
@@ -528,7 +546,7 @@ def evaluate_all(config, workdirs: dict, results_dir, *, protocol=None, checked:
   """
   if not checked:
     validate.check_config(config, results_dir)
-    settings_lib.check_workdir(config, workdirs)  # the config settings, before the data is loaded
+    check_workdirs(config, workdirs)  # the config settings, before the data is loaded
   if jax.process_index() != 0:
     return []
   protocol = protocol or load_protocol(config.dataset)

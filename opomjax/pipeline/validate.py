@@ -21,7 +21,7 @@ from opomjax.models import registry
 from opomjax.pipeline import settings as settings_lib
 
 #: Method names accepted in configs, in the order the paper's tables list them.
-METHODS = ("fi-uap", "fi-uap+", "fi-uap-all", "gd-uap", "opom-affine", "opom-center", "opom-convex")
+METHODS = ("fi-uap", "fi-uap+", "fi-uap-all", "gd-uap", "opom-affine", "opom-center", "opom-convex", "gap")
 
 #: Largest ε (pixel units of [0, 255]) accepted without ``allow_large_epsilon``: the core's bound.
 MAX_EPSILON = float(getattr(ascent, "MAX_EPSILON", 32.0))
@@ -200,6 +200,10 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) ->
                        f"got {config.eot_rounding!r}")
   if (config.parallel or "") not in PARALLEL_VALUES:
     raise ValueError(f"config.parallel must be one of {', '.join(PARALLEL_VALUES[1:])}, got {config.parallel!r}")
+  if "gap" in methods:  # GAP's generator and Adam fields (config.gap)
+    from opomjax.pipeline import gap  # pylint: disable=g-import-not-at-top  (it imports this module)
+
+    gap.check_config(config)
   check_dataset(config.dataset)
   check_writable(workdir, "--workdir")
   if config.get("feature_cache"):
