@@ -43,14 +43,14 @@ def bench(name: str, n: int, steps: int, repeats: int) -> dict:
     net = ascent.make_network(model.apply, None, params, dfanet=False)
     clean = jax.lax.stop_gradient(net.embed(images, None))
     step = functools.partial(ascent.ascent_step, cfg, net, images, clean, jax.random.key(0))
-    state, _ = jax.lax.scan(step, ascent.AscentState(delta, jnp.zeros_like(delta)),
+    state, _ = jax.lax.scan(step, ascent.initial_state(cfg, delta),
                             jnp.arange(length, dtype=jnp.int32))
     return state.delta
 
   def one_step(params, images, delta):
     net = ascent.make_network(model.apply, None, params, dfanet=False)
     clean = jax.lax.stop_gradient(net.embed(images, None))
-    state = ascent.AscentState(delta, jnp.zeros_like(delta))
+    state = ascent.initial_state(cfg, delta)
     return ascent.ascent_step(cfg, net, images, clean, jax.random.key(0), state, jnp.int32(0))[0].delta
 
   grad = jax.jit(jax.grad(lambda x, p: jnp.sum(model.apply(p, x))))

@@ -44,7 +44,7 @@ def step_function(model, method: str, solver: str):
     net = ascent.make_network(model.apply, None, params, dfanet=False)
 
     def one_identity(images, clean, delta):
-      state = ascent.AscentState(delta, jnp.zeros_like(delta))
+      state = ascent.initial_state(cfg, delta)
       new_state, value = ascent.ascent_step(cfg, net, images, clean, jax.random.key(0), state, jnp.int32(0))
       return new_state.delta, value
 
