@@ -79,7 +79,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name):
   if name in _EXPORTS:
     return getattr(importlib.import_module(_EXPORTS[name]), name)
-  if name in ("photos", "measure", "files", "cli"):
+  if name in ("photos", "measure", "files", "cli", "video"):
     return importlib.import_module(f"opomjax.protect.{name}")
   raise AttributeError(f"module 'opomjax.protect' has no attribute {name!r}")
 
