@@ -243,5 +243,9 @@ def test_unknown_gap_field_and_variants():
   gap_pipeline.check_config(full)
   assert full.methods == "gap" and full.dataset.num_identities == 0 and "mobileface" in full.targets
   assert validate.method_names(full) == ["gap"]
+  with pytest.raises(ValueError, match="_mdfa and _eot variants and ensembles do not apply"):
+    gap_configs.get_config("dlib_mdfa")
+  mdfa = gap_configs.get_config("dlib")
+  mdfa.momentum, mdfa.dropout = 1.0, 0.1  # set by hand, past the variant check
   with pytest.raises(ValueError, match="do\\(es\\) not apply to gap"):
-    gap_pipeline.check_config(gap_configs.get_config("dlib_mdfa"))
+    gap_pipeline.check_config(mdfa)

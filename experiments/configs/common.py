@@ -46,6 +46,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.eot = ""  # expectation over transformation: e.g. "jpeg,resize,blur" (opomjax.core.transfer); "" = off
   config.eot_samples = 4  # random channel draws per step under EOT (each one forward + backward)
   config.eot_rounding = "ste"  # gradient of the 8-bit rounding under EOT: "ste" or "cubic"
+  # Transfer techniques (opomjax.generate_masks; docs/experiments.md "Transfer techniques"), each off by default:
+  config.ti_width = 1  # TI: odd width of the Gaussian kernel smoothing the gradient; 1 = off
+  config.vmi_samples = 0  # VMI: gradients drawn around the mask per step (each one forward + backward); 0 = off
+  config.vmi_beta = 1.5  # VMI: radius around the mask in units of epsilon
+  config.di_probability = 0.0  # DI: probability of a random shrink and shift of the masked images; 0 = off
+  config.si_copies = 1  # SI: gradient averaged over x / 2^i, i < si_copies (each one forward + backward); 1 = off
+  config.ssa_rho = 0.0  # SSA: DCT coefficients rescaled in [1 - rho, 1 + rho] after noise sigma = epsilon; 0 = off
+  config.input_samples = 1  # random draws of DI / SSA per step without EOT (with EOT: eot_samples)
+  config.mask_cell = 1  # low-frequency mask: a grid of mask_cell x mask_cell-pixel cells upsampled; 1 = off
   config.seed = 0
   config.allow_large_epsilon = False  # epsilon above 32 (0-255 units) is refused unless this is True
   config.allow_random_weights = False  # surrogates/targets without real weights are refused unless True

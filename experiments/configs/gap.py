@@ -22,6 +22,10 @@ from experiments.configs import common
 
 
 def get_config(arg: str = "dlib"):
+  parts = set(arg.split("_")[1:]) if arg else set()
+  if parts & {"mdfa", "eot"} or "+" in arg.split("_")[0]:
+    raise ValueError(f"config variant {arg!r}: gap trains one generator with Adam on one surrogate; the _mdfa and "
+                     "_eot variants and ensembles do not apply (e.g. dlib_full_all)")
   config = common.method_config("gap", arg)
   config.gap = ml_collections.ConfigDict()
   config.gap.epochs = 10  # passes over every training photo of the protocol

@@ -105,9 +105,10 @@ def check_config(config) -> None:
                      "name one model")
   off = [f"config.{name}" for name, on in (("momentum", bool(config.momentum)), ("dropout", config.dropout > 0),
                                            ("eot", bool(settings_lib.eot_channels(config)))) if on]
+  off += [f"config.{name}" for name in settings_lib.transfer_options(config)]
   if off:
     raise ValueError(f"{', '.join(off)} do(es) not apply to gap (a generator trained with Adam); set momentum=0, "
-                     "dropout=0 and eot='' (no _mdfa or _eot variant)")
+                     "dropout=0, eot='' and the transfer techniques off (no _mdfa or _eot variant)")
   h, w = frame_lib.CANONICAL.size
   if h % gap_core.FRAME_MULTIPLE or w % gap_core.FRAME_MULTIPLE:
     raise ValueError(f"gap: the canonical frame {h}x{w} is not a multiple of {gap_core.FRAME_MULTIPLE}")

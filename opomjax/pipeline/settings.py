@@ -95,12 +95,32 @@ def mask_options(config, method: str) -> dict:
   if eot:
     options.update(eot=eot, eot_samples=int(config.get("eot_samples", 4)),
                    eot_rounding=str(config.get("eot_rounding", "ste")))
+  options.update(transfer_options(config))
   if method == "opom-convex":
     options.update(
         lower=float(config.lower), upper=float(config.upper),
         warmup_center_steps=int(config.get("warmup_center_steps", ascent.OFFICIAL_WARMUP_CENTER_STEPS)),
         solver=str(config.get("solver", "osqp")))
   return options
+
+
+#: Transfer techniques of :func:`opomjax.generate_masks`: config field -> (type, the value that means off).
+TRANSFER_OPTIONS = {"ti_width": (int, 1), "vmi_samples": (int, 0), "vmi_beta": (float, 1.5),
+                    "di_probability": (float, 0.0), "si_copies": (int, 1), "ssa_rho": (float, 0.0),
+                    "input_samples": (int, 1), "mask_cell": (int, 1)}
+
+
+def transfer_options(config) -> dict:
+  """The transfer-technique fields of ``config`` that differ from off (:data:`TRANSFER_OPTIONS`), typed: only
+  these are passed and recorded, so masks made before the techniques existed keep their record."""
+  out = {}
+  for name, (kind, off) in TRANSFER_OPTIONS.items():
+    value = config.get(name, off)
+    if kind is int and (isinstance(value, bool) or not float(value).is_integer()):
+      raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value != off:
+      out[name] = kind(value)
+  return out
 
 
 def eot_channels(config) -> tuple[str, ...]:
@@ -123,6 +143,7 @@ def generation_settings(config, method: str) -> dict:
     settings["ensemble_weights"] = list(options["surrogate_weights"])
   if options["dfanet"]:  # the keep-mask generator decides the masks too
     settings["dropout_generator"] = dropout.GENERATOR
+  settings.update({k: options[k] for k in TRANSFER_OPTIONS if k in options})
   if "eot" in options:  # recorded only when on, so that masks made before EOT existed keep their record
     settings.update(eot=",".join(options["eot"]), eot_samples=options["eot_samples"],
                     eot_rounding=options["eot_rounding"])

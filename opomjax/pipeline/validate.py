@@ -187,6 +187,10 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) ->
     check_integer(config.get("warmup_center_steps", 0), "config.warmup_center_steps", minimum=0)
     if config.get("solver", "osqp") not in hulls.SOLVERS:
       raise ValueError(f"config.solver must be one of {', '.join(hulls.SOLVERS)}, got {config.solver!r}")
+  try:  # the transfer techniques, by the library's own checks, before anything is loaded
+    ascent.validate_transfer_options(ascent.AscentConfig(**settings_lib.transfer_options(config)))
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"config.{err}") from None
   eot = settings_lib.eot_channels(config)
   if eot:
     try:
