@@ -6,7 +6,7 @@ Checks (each prints PASS or FAIL with its measured value; the exit status is 1 i
 
 1. hull solves at ``precision=HIGHEST`` on the device against the same solves on the host CPU (620 convex-hull
    problems, n = 10, d = 512, both solvers): coefficients within 1e-4, distances within 1e-5;
-2. masks on one device against ``pmap`` and ``shard_map`` over every local device (the tiny random CNN of the
+2. masks of one key twice on one device, and on one device against ``pmap`` and ``shard_map`` over every local device (the tiny random CNN of the
    tests, OPOM-ConvexHull with momentum and DFANet, 5 identities): bit for bit;
 3. the 1:N kernel on the device against the host CPU (100 identities x 10 x 13,233 distractors): equal rates.
 
@@ -18,6 +18,7 @@ found) at each group size of ``--sizes`` (10 images per identity, compile exclud
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import traceback
 
@@ -30,6 +31,7 @@ from opomjax.core import evaluation
 from opomjax.core import hulls
 
 FAILED: list[str] = []
+PARTS = ("hull", "sharded", "identification", "timings")
 
 
 def check(name: str, ok: bool, detail: str) -> None:
@@ -80,6 +82,9 @@ def sharded_masks():
   common = dict(method="opom-convex", key=jax.random.key(3), steps=3, warmup_center_steps=1, momentum=0.9,
                 dfanet=True, params=params)
   single = np.asarray(ascent.generate_masks(embed, images, **common))
+  again = np.asarray(ascent.generate_masks(embed, images, **common))
+  check("masks, the same key twice on one device", np.array_equal(single, again),
+        f"max difference {np.abs(single - again).max():.2e}")
   for mode in ("pmap", "shard_map"):
     sharded = np.asarray(ascent.generate_masks(embed, images, parallel=mode, **common))
     check(f"masks, one device = {mode} over {jax.local_device_count()} device(s)", np.array_equal(single, sharded),
@@ -138,18 +143,28 @@ def main(argv=None) -> int:
   parser.add_argument("--sizes", default="8,32,128")
   parser.add_argument("--steps", type=int, default=16)
   parser.add_argument("--ids", type=int, default=500)
+  parser.add_argument("--parts", default=",".join(PARTS),
+                      help=f"comma-separated subset of {','.join(PARTS)} (e.g. to rerun one under other XLA_FLAGS)")
   args = parser.parse_args(argv)
+  parts = args.parts.split(",")
+  if set(parts) - set(PARTS):
+    parser.error(f"--parts: unknown part(s) {sorted(set(parts) - set(PARTS))}; choose from {','.join(PARTS)}")
   device, cpu = jax.devices()[0], jax.devices("cpu")[0]
   print(f"jax {jax.__version__}: {jax.local_device_count()} local {device.platform} device(s), "
         f"{getattr(device, 'device_kind', '')}", flush=True)
   if device.platform == "cpu":
     print("note: jax sees only the CPU; the checks compare the CPU with itself", flush=True)
-  hull_accuracy(device, cpu)
-  sharded_masks()
-  identification(device, cpu, args.ids)
-  sizes = [int(s) for s in args.sizes.split(",")]
-  for name in ("ir50", "sface"):
-    mask_timings(name, sizes, args.steps)
+  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+  if "hull" in parts:
+    hull_accuracy(device, cpu)
+  if "sharded" in parts:
+    sharded_masks()
+  if "identification" in parts:
+    identification(device, cpu, args.ids)
+  if "timings" in parts:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for name in ("ir50", "sface"):
+      mask_timings(name, sizes, args.steps)
   print("all checks passed" if not FAILED else f"FAILED: {', '.join(FAILED)}", flush=True)
   return 1 if FAILED else 0
 
