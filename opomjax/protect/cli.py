@@ -14,29 +14,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pathlib
 import sys
 import warnings
 from typing import Sequence
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INCOMPLETE = 3
+from opomjax.protect import commands
+from opomjax.protect.commands import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, UsageError
+from opomjax.protect.commands import Parser as _Parser
 
 #: Must match opomjax.protect.photos.FACE_RULES (kept here so that --help needs no JAX).
 _FACE_RULES = ("similar", "largest", "central", "best")
-
-
-class UsageError(Exception):
-  """A bad argument: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    raise UsageError(message)
 
 
 def _comma_list(text: str) -> list[str]:
@@ -164,15 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   Returns:
     The exit status (see the module docstring).
   """
-  argv = list(sys.argv[1:] if argv is None else argv)
+  args, status = commands.parse_arguments(build_parser(), sys.argv[1:] if argv is None else argv)
+  if args is None:
+    return status
   try:
-    args = build_parser().parse_args(argv)
     options = _options(args)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_USAGE
-  except SystemExit as e:  # --help
-    return int(e.code or 0)
   if not args.quiet:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
   # pylint: disable=import-outside-toplevel
@@ -183,21 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", UserWarning)  # the same facts are in the report, printed below
       report = protect_files_lib.protect_files(**options)
-  except faces_lib.NoFaceError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_INCOMPLETE
-  except (ValueError, FileNotFoundError, files_lib.MaskFileError) as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    return EXIT_USAGE
-  except OSError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_FAILURE
-  except Exception as e:  # pylint: disable=broad-except  # an unexpected failure: still one line
-    if os.environ.get("OPOMJAX_TRACEBACK"):
-      raise
-    print(f"error: unexpected {type(e).__name__}: {' '.join(str(e).split())} (set OPOMJAX_TRACEBACK=1 for the "
-          "traceback)", file=sys.stderr)
-    return EXIT_FAILURE
+  except Exception as e:  # pylint: disable=broad-except  # every failure: one line and its exit status
+    return commands.error_status(e, incomplete=(faces_lib.NoFaceError,),
+                                 usage=(ValueError, FileNotFoundError, files_lib.MaskFileError))
   print(summarise(report, str(pathlib.Path(args.out))))
   return exit_status(report)
 

@@ -45,12 +45,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from opomjax.protect import commands
+from opomjax.protect.commands import EXIT_INCOMPLETE, EXIT_OK
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INCOMPLETE = 3
+log = logging.getLogger(__name__)
 
 #: Face rules (besides an index K >= 1, the K-th face from the left); as opomjax.protect.photos.FACE_RULES.
 FACE_RULES = ("similar", "largest", "central", "best")
@@ -74,10 +72,6 @@ DEFAULT_CRF = 12
 TRACK_IOU = 0.3
 #: ... or, failing that, when its centre lies within this many widths of the previous box from that box's.
 TRACK_SHIFT = 0.5
-
-
-class UsageError(Exception):
-  """A bad argument: printed as one line, exit status 2."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -690,14 +684,8 @@ def protect_video(video: str | os.PathLike, mask, out: str | os.PathLike, *, fac
 # The command
 
 
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(
+  parser = commands.Parser(
       prog="opomjax protect-video", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
       description="Adds a person's saved mask (the mask.npz of an 'opomjax protect' run) to their face in every "
                   "frame of a video; keeps the frame rate, frame count, size and audio.",
@@ -749,10 +737,10 @@ def summarise(report: dict) -> str:
   return "\n".join(lines)
 
 
-def _is_no_face(error: Exception) -> bool:
-  """Whether ``error`` is an :class:`opomjax.faces.NoFaceError` (raised only once that module is loaded)."""
+def _no_face_error_types() -> tuple[type, ...]:
+  """``(opomjax.faces.NoFaceError,)`` once that module is loaded (only then can it have been raised), else ()."""
   faces_module = sys.modules.get("opomjax.faces")
-  return faces_module is not None and isinstance(error, faces_module.NoFaceError)
+  return () if faces_module is None else (faces_module.NoFaceError,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -761,14 +749,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   Returns:
     The exit status (see the module docstring).
   """
-  argv = list(sys.argv[1:] if argv is None else argv)
-  try:
-    args = build_parser().parse_args(argv)
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_USAGE
-  except SystemExit as e:  # --help
-    return int(e.code or 0)
+  args, status = commands.parse_arguments(build_parser(), sys.argv[1:] if argv is None else argv)
+  if args is None:
+    return status
   if not args.quiet:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
   reference = None if args.reference is None else (args.reference[0] if len(args.reference) == 1 else args.reference)
@@ -777,18 +760,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            feather=args.feather, min_face_size=args.min_face_size, max_gap=args.max_gap,
                            codec=args.codec, crf=args.crf, lossless=args.lossless, overwrite=args.overwrite,
                            allow_large_epsilon=args.allow_large_epsilon, show_progress=not args.quiet)
-  except ValueError as e:  # a bad argument or input; opomjax.faces.NoFaceError: no frame with the person
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    return EXIT_INCOMPLETE if _is_no_face(e) else EXIT_USAGE
-  except OSError as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    return EXIT_FAILURE
-  except Exception as e:  # pylint: disable=broad-except  # an unexpected failure: still one line
-    if os.environ.get("OPOMJAX_TRACEBACK"):
-      raise
-    print(f"error: unexpected {type(e).__name__}: {' '.join(str(e).split())} (set OPOMJAX_TRACEBACK=1 for the "
-          "traceback)", file=sys.stderr)
-    return EXIT_FAILURE
+  except Exception as e:  # pylint: disable=broad-except  # every failure: one line and its exit status
+    # a bad argument or input is a ValueError; opomjax.faces.NoFaceError (one too): no frame with the person
+    return commands.error_status(e, incomplete=_no_face_error_types())
   print(summarise(report))
   return EXIT_OK if report["summary"]["unchanged"] == 0 else EXIT_INCOMPLETE
 
