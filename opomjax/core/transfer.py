@@ -13,6 +13,9 @@ JAX on float images ``(..., H, W, 3)`` in [0, 255]:
   rounding;
 * :func:`resize_round_trip`: down-scaling and back (antialiased bicubic, as Pillow resizes);
 * :func:`gaussian_blur`: a separable Gaussian of a given sigma;
+* :func:`photo_round_trip`: the way through a whole photo and back: the chip resampled onto the photo's pixel
+  grid (the protect tool warps the mask into the photo) and cut out again by a face alignment that the mask
+  itself moves a little (re-detection), both bilinear;
 * :func:`random_channel`: one of those drawn at random with random parameters from a key, then rounded to 8
   bits; :func:`eot_gradient` averages a gradient over ``K`` such draws.
 
@@ -38,12 +41,18 @@ import jax.numpy as jnp
 import numpy as np
 
 #: Channels :func:`random_channel` can draw; "none" is the 8-bit rounding alone.
-EOT_CHANNELS = ("none", "jpeg", "resize", "blur")
+EOT_CHANNELS = ("none", "jpeg", "resize", "blur", "photo")
 
 #: Ranges of the random parameters: JPEG quality, resize factor (one of these, static shapes), blur sigma.
 JPEG_QUALITY_RANGE = (50.0, 95.0)
 RESIZE_FACTORS = (0.5, 0.625, 0.75, 0.875)
 BLUR_SIGMA_RANGE = (0.5, 1.5)
+#: The photo round trip (:func:`photo_round_trip`): chip pixels per photo pixel (LFW's aligned faces: 0.75-1.13,
+#: mean 0.87, over 19 photos), and the re-alignment's change of the face's similarity transform, uniform within
+#: +-: scale, rotation (degrees), shift (chip pixels). Measured on 24 LFW photos with a random +-8 mask saved as
+#: PNG and the face found again: rms 1.4 % (max 4.4 %), 0.56 degrees (max 1.7), 0.43 px at the centre (max 1.6).
+PHOTO_SCALE_RANGE = (0.75, 1.15)
+PHOTO_JITTER = (0.03, 1.5, 1.0)
 
 ROUNDINGS = ("ste", "cubic")
 
@@ -171,6 +180,56 @@ def gaussian_blur(images: jax.Array, sigma, radius: int = 4) -> jax.Array:
   return x
 
 
+def _bilinear(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
+  """``images`` ``(..., H, W, C)`` sampled bilinearly at the coordinates ``ys``, ``xs`` ``(h, w)`` (pixel
+  centres at integers; outside the image the edge pixels, as with replicated borders): ``(..., h, w, C)``."""
+  height, width = images.shape[-3], images.shape[-2]
+  y0, x0 = jnp.floor(ys), jnp.floor(xs)
+  wy, wx = (ys - y0)[..., None], (xs - x0)[..., None]
+  row = lambda y: jnp.clip(y, 0, height - 1).astype(jnp.int32)
+  col = lambda x: jnp.clip(x, 0, width - 1).astype(jnp.int32)
+  at = lambda y, x: images[..., row(y), col(x), :]
+  top = at(y0, x0) * (1 - wx) + at(y0, x0 + 1) * wx
+  bottom = at(y0 + 1, x0) * (1 - wx) + at(y0 + 1, x0 + 1) * wx
+  return top * (1 - wy) + bottom * wy
+
+
+def photo_round_trip(images: jax.Array, scale, phase, jitter) -> jax.Array:
+  """Chips ``(..., H, W, 3)`` put into a photo and cut out again, as the protect tool and a recogniser do.
+
+  Into the photo: photo pixel ``p`` lies at chip coordinate ``scale * p - phase`` (``scale`` chip pixels per
+  photo pixel, ``phase`` ``(2,)`` the sub-pixel offset of the two grids, in chip pixels), sampled bilinearly on a
+  ``ceil(H / scale) + 2`` square grid. Back: chip pixel ``q`` is read from the photo at ``(J(q) + phase) / scale``,
+  where ``J`` is the re-alignment's similarity transform about the chip's centre, ``jitter = (relative scale
+  change, rotation in radians, shift y, shift x)``; bilinear again. With ``scale = 1``, ``phase = 0`` and no
+  jitter the chips come back unchanged.
+  """
+  height, width = images.shape[-3], images.shape[-2]
+  scale = jnp.asarray(scale, jnp.float32)
+  size = int(np.ceil(max(height, width) / PHOTO_SCALE_RANGE[0])) + 2  # static: the largest grid any scale needs
+  grid = jnp.arange(size, dtype=jnp.float32)
+  in_photo = _bilinear(images, *jnp.meshgrid(scale * grid - phase[0], scale * grid - phase[1], indexing="ij"))
+  dscale, angle, dy, dx = jitter[0], jitter[1], jitter[2], jitter[3]
+  cy, cx = (height - 1) / 2, (width - 1) / 2
+  qy = jnp.arange(height, dtype=jnp.float32)[:, None] - cy
+  qx = jnp.arange(width, dtype=jnp.float32)[None, :] - cx
+  cos, sin = (1 + dscale) * jnp.cos(angle), (1 + dscale) * jnp.sin(angle)
+  jy = cos * qy + sin * qx + cy + dy
+  jx = -sin * qy + cos * qx + cx + dx
+  return _bilinear(in_photo, (jy + phase[0]) / scale, (jx + phase[1]) / scale)
+
+
+def random_photo_round_trip(key: jax.Array, images: jax.Array) -> jax.Array:
+  """:func:`photo_round_trip` with its parameters drawn uniformly from :data:`PHOTO_SCALE_RANGE`, a phase in
+  ``[0, 1)`` chip pixels per axis and the re-alignment within :data:`PHOTO_JITTER`."""
+  scale_key, phase_key, jitter_key = jax.random.split(key, 3)
+  scale = jax.random.uniform(scale_key, (), minval=PHOTO_SCALE_RANGE[0], maxval=PHOTO_SCALE_RANGE[1])
+  phase = jax.random.uniform(phase_key, (2,))
+  bound = jnp.array([PHOTO_JITTER[0], np.radians(PHOTO_JITTER[1]), PHOTO_JITTER[2], PHOTO_JITTER[2]], jnp.float32)
+  jitter = jax.random.uniform(jitter_key, (4,), minval=-1.0, maxval=1.0) * bound
+  return photo_round_trip(images, scale, phase, jitter)
+
+
 def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
   """``channels`` as a tuple of :data:`EOT_CHANNELS` names; ValueError naming an unknown one."""
   channels = tuple(channels)
@@ -184,10 +243,12 @@ def random_channel(key: jax.Array, images: jax.Array, channels: Sequence[str] = 
                    rounding: str = "ste") -> jax.Array:
   """``images`` through one channel of ``channels`` drawn uniformly from ``key``, with random parameters
   (JPEG quality uniform in :data:`JPEG_QUALITY_RANGE`, a resize factor of :data:`RESIZE_FACTORS`, blur sigma
-  uniform in :data:`BLUR_SIGMA_RANGE`), then clipped and rounded to 8 bits as a saved photo."""
+  uniform in :data:`BLUR_SIGMA_RANGE`, the photo round trip's as :func:`random_photo_round_trip`), then clipped
+  and rounded to 8 bits as a saved photo."""
   channels = check_channels(channels)
   rnd = _rounder(rounding)
   choice_key, quality_key, sigma_key, factor_key = jax.random.split(key, 4)
+  photo_key = jax.random.fold_in(key, 4)  # apart from the split, so the other channels draw as before it existed
   quality = jax.random.uniform(quality_key, (), minval=JPEG_QUALITY_RANGE[0], maxval=JPEG_QUALITY_RANGE[1])
   sigma = jax.random.uniform(sigma_key, (), minval=BLUR_SIGMA_RANGE[0], maxval=BLUR_SIGMA_RANGE[1])
   factor_index = jax.random.randint(factor_key, (), 0, len(RESIZE_FACTORS))
@@ -200,6 +261,7 @@ def random_channel(key: jax.Array, images: jax.Array, channels: Sequence[str] = 
       "jpeg": lambda x: jpeg_approx(x, quality, rounding=rounding),
       "resize": resize,
       "blur": lambda x: gaussian_blur(x, sigma),
+      "photo": lambda x: random_photo_round_trip(photo_key, x),
   }
   index = jax.random.randint(choice_key, (), 0, len(channels))
   out = jax.lax.switch(index, [branches[c] for c in channels], jnp.asarray(images, jnp.float32))
