@@ -2,10 +2,34 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
-from opomjax.models import checkpoints
+# One compilation cache for the whole test run, shared with the subprocesses the tests start (they inherit the
+# environment): the same small programs are compiled by many tests and processes (test_experiments.py: 80 s ->
+# 61 s). Set before JAX reads its configuration; a cache the caller chose is kept as it is.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="opomjax-test-jax-cache-")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # pylint: disable=wrong-import-position
+
+if _OWN_CACHE:  # also where JAX was imported before this file
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+from opomjax.models import checkpoints  # pylint: disable=wrong-import-position
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWN_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def shared_dir() -> pathlib.Path:
