@@ -128,7 +128,9 @@ def _face_indices(face_index: Mapping[Any, int] | None, paths: Sequence[pathlib.
   return out
 
 
-def _load_saved_mask(mask, allow_large_epsilon: bool) -> tuple[np.ndarray, dict, str]:
+def load_saved_mask(mask, allow_large_epsilon: bool) -> tuple[np.ndarray, dict, str]:
+  """``(mask, metadata, name)`` of a mask file an ``opomjax protect`` run wrote (or an ``(array, metadata)``
+  pair), checked by :func:`opomjax.protect.photos.check_saved_mask`; ValueError when the file is missing."""
   if isinstance(mask, (str, os.PathLike)):
     name = os.fspath(mask)
     try:
@@ -219,7 +221,7 @@ def protect_files(photos: str | os.PathLike | Sequence[str | os.PathLike], out_d
   outs = output_paths(paths, out_dir, image_format)
   face_index = _face_indices(face_index, paths)
   out_dir = check_writable(out_dir)
-  saved = _load_saved_mask(mask, allow_large_epsilon) if mask is not None else None
+  saved = load_saved_mask(mask, allow_large_epsilon) if mask is not None else None
   loaded = load_photo_files(paths)
   no_alpha = [p.name for p, photo in zip(paths, loaded)
               if any(loss.startswith("transparency") for loss in io_lib.format_losses(photo, image_format))]

@@ -475,22 +475,15 @@ def load_video_mask(mask, *, allow_large_epsilon: bool = False) -> tuple[np.ndar
   """
   # pylint: disable=import-outside-toplevel
   from opomjax import files as files_lib
-  from opomjax.protect import photos as photos_lib
+  from opomjax.protect import files as protect_files_lib
 
-  if isinstance(mask, (str, os.PathLike)):
-    name = os.fspath(mask)
-    if not os.path.isfile(name):
-      raise ValueError(f"--mask {name}: no such file (the mask.npz an 'opomjax protect' run wrote)")
-    try:
-      array, metadata = files_lib.load_mask(name, required=("frame", "epsilon"))
-    except files_lib.MaskFileError as e:
-      why = " ".join(str(e).split()).split(". ")[0]
-      raise ValueError(f"--mask {name}: not a mask file an 'opomjax protect' run wrote ({why})") from None
-  else:
-    array, metadata = mask
-    array, metadata, name = np.asarray(array, np.float32), dict(metadata), "mask"
-  photos_lib.check_saved_mask(array, metadata, allow_large_epsilon=allow_large_epsilon, name=name)
-  return array, metadata, name
+  if isinstance(mask, (str, os.PathLike)) and not os.path.isfile(os.fspath(mask)):
+    raise ValueError(f"--mask {os.fspath(mask)}: no such file (the mask.npz an 'opomjax protect' run wrote)")
+  try:
+    return protect_files_lib.load_saved_mask(mask, allow_large_epsilon)
+  except files_lib.MaskFileError as e:
+    why = " ".join(str(e).split()).split(". ")[0]
+    raise ValueError(f"--mask {os.fspath(mask)}: not a mask file an 'opomjax protect' run wrote ({why})") from None
 
 
 def _check_output(out: pathlib.Path, video: pathlib.Path, overwrite: bool) -> None:
