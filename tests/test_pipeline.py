@@ -690,3 +690,48 @@ def test_bad_transfer_technique_fields_are_refused_in_one_line(tmp_path, toy_run
   with pytest.raises(ValueError, match=match) as refusal:
     runner.generate_all(toy_config(methods="fi-uap", **{field: value}), tmp_path, protocol=toy_protocol())
   assert "\n" not in str(refusal.value) and toy_run["load_surrogate"] == 0
+
+
+# ------------------------------------------------------------------------------------------------------
+# Training chips in a file: masks made from it are the data set's own masks.
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_training_chips_file_gives_back_the_chips_and_refuses_mismatches(tmp_path):
+  from opomjax.pipeline import chips
+
+  protocol = toy_protocol(3)
+  path = chips.save_training_chips(protocol, tmp_path / "chips.npz", "synthetic")
+  loaded = chips.load_training_chips(path, dataset="synthetic")
+  assert loaded.names == list(protocol.names) and loaded.frame_name == protocol.frame_name
+  np.testing.assert_array_equal(loaded.train, protocol.train)  # lossless, pixel for pixel
+  first = chips.load_training_chips(path, 2)
+  assert first.names == list(protocol.names[:2])
+  np.testing.assert_array_equal(first.train, protocol.train[:2])
+  with pytest.raises(ValueError, match="holds 3 identities, the config asks for 4"):
+    chips.load_training_chips(path, 4)
+  with pytest.raises(ValueError, match="holds data set 'synthetic', the config names 'privacy_lfw'"):
+    chips.load_training_chips(path, dataset="privacy_lfw")
+  with pytest.raises(FileNotFoundError, match="--export_chips"):
+    chips.load_training_chips(tmp_path / "none.npz")
+  np.savez(tmp_path / "other.npz", train=protocol.train)
+  with pytest.raises(ValueError, match="not a training chips file"):
+    chips.load_training_chips(tmp_path / "other.npz")
+  with pytest.raises(ValueError, match="uint8"):
+    chips.save_training_chips(dataclasses.replace(protocol, train=protocol.train.astype(np.float32)),
+                              tmp_path / "f.npz", "synthetic")
+
+
+def test_masks_made_from_a_chips_file_are_reused_by_a_run_on_the_data_set(tmp_path, toy_run):
+  from opomjax.pipeline import chips
+
+  config = toy_config()
+  protocol = toy_protocol()
+  path = chips.save_training_chips(protocol, tmp_path / "chips.npz", "synthetic")
+  from_file = chips.load_training_chips(path, config.dataset.num_identities, config.dataset.name)
+  runner.generate_all(config, tmp_path / "from_file", protocol=from_file)
+  runner.generate_all(config, tmp_path / "from_data", protocol=protocol)
+  assert toy_run["generate_masks"] == 4  # 2 groups, twice
+  assert snapshot(tmp_path / "from_file") == snapshot(tmp_path / "from_data")  # same bytes, settings included
+  runner.generate_all(config, tmp_path / "from_file", protocol=protocol)
+  assert toy_run["generate_masks"] == 4  # the data set's run found every mask made and made none again

@@ -500,13 +500,14 @@ def check_workdirs(config, workdirs: dict) -> None:
     gap_lib.check_workdir(config, workdirs[gap_lib.METHOD])
 
 
-def prepare_generation(config, workdir) -> dict:
+def prepare_generation(config, workdir, *, dataset: bool = True) -> dict:
   """Everything a generation checks before its first expensive step; returns {method: its workdir}.
 
-  The config's fields and the workdir (:func:`validate.check_config`), then the masks already on disk
-  against the config's settings (:func:`settings.check_workdir`).
+  The config's fields (``config.dataset`` too unless ``dataset`` is False: the data is given) and the workdir
+  (:func:`validate.check_config`), then the masks already on disk against the config's settings
+  (:func:`settings.check_workdir`).
   """
-  validate.check_config(config, workdir)
+  validate.check_config(config, workdir, dataset=dataset)
   workdirs = method_workdirs(config, workdir)
   check_workdirs(config, workdirs)
   return workdirs
@@ -514,7 +515,7 @@ def prepare_generation(config, workdir) -> dict:
 
 def generate_all(config, workdir, *, protocol=None) -> dict:
   """Generates every method in ``config.methods``; returns {method: its workdir}."""
-  workdirs = prepare_generation(config, workdir)
+  workdirs = prepare_generation(config, workdir, dataset=protocol is None)
   generate_methods(config, workdirs, protocol=protocol)
   return workdirs
 

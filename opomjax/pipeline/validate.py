@@ -138,13 +138,15 @@ def check_dataset(dataset) -> None:
     raise ValueError("config.dataset.root must name a PERSON/*.jpg folder for the 'folder' data set")
 
 
-def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) -> None:
+def check_config(config, workdir: str | os.PathLike, *, targets: bool = True, dataset: bool = True) -> None:
   """Every field of an experiment config, and that ``workdir`` can be written.
 
   Args:
     config: the experiment's ConfigDict (see ``experiments/configs/common.py``).
     workdir: where masks and results go.
     targets: also check ``config.targets`` and ``config.eval_batch_size`` (the evaluation's fields).
+    dataset: also check ``config.dataset`` (off when the training chips come from a file, which is checked to
+      hold the config's data set: :mod:`opomjax.pipeline.chips`).
 
   Raises:
     ValueError, FileNotFoundError: one line naming the bad field.
@@ -208,7 +210,8 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True) ->
     from opomjax.pipeline import gap  # pylint: disable=g-import-not-at-top  (it imports this module)
 
     gap.check_config(config)
-  check_dataset(config.dataset)
+  if dataset:
+    check_dataset(config.dataset)
   check_writable(workdir, "--workdir")
   if config.get("feature_cache"):
     check_writable(config.feature_cache, "config.feature_cache")
