@@ -456,6 +456,9 @@ def assert_one_line_error(status, out, err, *needles):
     (["--surrogate_weights=1,2", "--surrogates=dlib_resnet"], "weights"),
     (["--eot=jpeg,gif"], "EOT channels"),
     (["--eot=jpeg", "--eot_samples=0"], "eot_samples"),
+    (["--ti_width=4"], "ti_width"),
+    (["--ti_width=0"], "ti_width"),
+    (["--di_probability=1.5"], "di_probability"),
 ])
 def test_bad_arguments_are_one_line_errors_before_any_work(capsys, tmp_path, photo_folder, no_work, flags, needle):
   status, out, err = run_cli(capsys, "--photos", photo_folder, "--out", tmp_path / "out", *flags)
@@ -580,3 +583,21 @@ def test_eot_option_reaches_the_ascent_and_is_recorded(person_photos, detector, 
   assert robust.metadata["eot"] == "jpeg,blur" and robust.metadata["eot_samples"] == 2
   assert plain.metadata["eot"] == "" and np.abs(robust.mask).max() <= 8.0
   assert not np.array_equal(plain.mask, robust.mask)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_transfer_options_reach_the_ascent_and_are_recorded(person_photos, detector, dlib_model, monkeypatch):
+  seen = {}
+  real = opomjax.generate_masks
+
+  def generate_masks(*args, **kwargs):
+    seen.update(ti_width=kwargs["ti_width"], di_probability=kwargs["di_probability"])
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(opomjax, "generate_masks", generate_masks)
+  result = protect.protect_photos(person_photos[:3], surrogates=(dlib_model,), detector=detector, steps=1,
+                                  show_progress=False, ti_width=5, di_probability=0.5)
+  assert seen == {"ti_width": 5, "di_probability": 0.5}
+  assert result.metadata["ti_width"] == 5 and result.metadata["di_probability"] == 0.5
+  assert np.abs(result.mask).max() <= 8.0

@@ -20,6 +20,7 @@ import warnings
 from typing import Sequence
 
 from opomjax.protect import commands
+from opomjax.protect import defaults
 from opomjax.protect.commands import EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE, UsageError
 from opomjax.protect.commands import Parser as _Parser
 
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="which face is the person's in a photo with several: similar (most like the person's other photos; "
            "default), largest, central or best; NAME=K takes the K-th face from the left (K >= 1) in photo NAME")
   add("--select", dest="face", type=_comma_list, help=argparse.SUPPRESS)  # the flag's former name
-  add("--surrogates", type=_comma_list, default=None, help="models the mask is computed on (default dlib_resnet)")
+  add("--surrogates", type=_comma_list, default=None,
+      help=f"models the mask is computed on (default {','.join(defaults.SURROGATES)})")
   add("--surrogate_weights", type=_comma_list, default=None, help="one weight per surrogate (default: equal)")
   add("--method", default=None, help="mask method (see opomjax.generate_masks; default opom-convex)")
   add("--epsilon", type=float, default=None, help="largest change of a pixel value, in [0, 255] units (default 8)")
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="make the mask survive saving and re-encoding: average each step over random versions of these "
            "channels, e.g. none,jpeg,resize,blur (default: off; costs --eot_samples times the steps)")
   add("--eot_samples", type=int, default=None, help="random channel draws per step with --eot (default 4)")
+  add("--ti_width", type=int, default=None,
+      help="smooth each step's gradient with a Gaussian of this odd width (TI; helps unseen models; 1: off)")
+  add("--di_probability", type=float, default=None,
+      help="probability that a step sees the faces randomly shrunk and shifted (DI; helps unseen models; 0: off)")
   add("--feather", type=float, default=None, help="pixels over which the mask fades out at the face region's edge")
   add("--min_face_size", type=float, default=None, help="faces smaller than this (pixels) are left unprotected")
   add("--format", dest="image_format", choices=("png", "jpeg"), default="png",
@@ -103,7 +109,8 @@ def _options(args: argparse.Namespace) -> dict:
       raise UsageError(f"--surrogate_weights must be numbers, got {','.join(args.surrogate_weights)}") from None
   mask_settings = dict(surrogates=args.surrogates, surrogate_weights=weights, method=args.method,
                        epsilon=args.epsilon, steps=args.steps, step_size=args.step_size, momentum=args.momentum,
-                       dropout=args.dropout, key=args.seed, eot=args.eot, eot_samples=args.eot_samples)
+                       dropout=args.dropout, key=args.seed, eot=args.eot, eot_samples=args.eot_samples,
+                       ti_width=args.ti_width, di_probability=args.di_probability)
   if args.mask is not None:
     given_settings = [f"--{'seed' if k == 'key' else k}" for k, v in mask_settings.items() if v is not None]
     if given_settings:

@@ -37,11 +37,13 @@ from opomjax.faces import roundtrip as roundtrip_lib
 from opomjax.frame import CANONICAL
 from opomjax.models import base
 from opomjax.models import registry
+from opomjax.protect import defaults
 
 log = logging.getLogger(__name__)
 
 #: The paper's setting: ``epsilon = 8`` of 255, step 1, 16 steps.
-DEFAULT_STEPS = 16
+DEFAULT_STEPS = defaults.STEPS
+DEFAULT_SURROGATES = defaults.SURROGATES
 
 #: How the person's face is chosen in a photo with several (see :func:`choose_faces`).
 FACE_RULES = ("similar", "largest", "central", "best")
@@ -406,7 +408,7 @@ def check_options(*, method: str = "opom-convex", epsilon: float = 8.0, steps: i
                   feather: float = 0.0, min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE,
                   select: str = "similar", surrogate_weights: Sequence[float] | None = None,
                   surrogate_count: int | None = None, allow_large_epsilon: bool = False, eot: Sequence[str] = (),
-                  eot_samples: int = 4) -> None:
+                  eot_samples: int = 4, ti_width: int = 1, di_probability: float = 0.0) -> None:
   """ValueError naming the first bad option of :func:`protect_photos`; pure Python, nothing is computed."""
   if method not in ascent.METHODS:
     raise ValueError(f"method must be one of {', '.join(ascent.METHODS)}; got {method!r}")
@@ -428,6 +430,10 @@ def check_options(*, method: str = "opom-convex", epsilon: float = 8.0, steps: i
     transfer.check_channels(eot)
     if isinstance(eot_samples, bool) or not isinstance(eot_samples, (int, np.integer)) or eot_samples < 1:
       raise ValueError(f"eot_samples must be a positive integer, got {eot_samples!r}")
+  if isinstance(ti_width, bool):
+    raise ValueError(f"ti_width must be a positive odd integer (1: no smoothing), got {ti_width!r}")
+  ascent.validate_transfer_options(ascent.AscentConfig(
+      ti_width=ti_width, di_probability=_number(di_probability, "di_probability", low=0.0, high=1.0)))
 
 
 def _chooser(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -435,14 +441,14 @@ def _chooser(model) -> Callable[[np.ndarray], np.ndarray]:
   return lambda chips: embed_chips(model, chips)
 
 
-def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",), method: str = "opom-convex",
+def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGATES, method: str = "opom-convex",
                    epsilon: float = 8.0, steps: int = DEFAULT_STEPS, step_size: float = 1.0,
                    momentum: float | None = None, dropout: float = 0.0, key=None, detector=None,
                    min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE, select: str = "similar",
                    face_index: Mapping[int, int] | None = None, feather: float = 0.0, roundtrip: bool = True,
                    surrogate_weights: Sequence[float] | None = None, allow_large_epsilon: bool = False,
                    allow_random_weights: bool = False, eot: Sequence[str] = (), eot_samples: int = 4,
-                   show_progress: bool = True) -> ProtectionResult:
+                   ti_width: int = 1, di_probability: float = 0.0, show_progress: bool = True) -> ProtectionResult:
   """Computes one privacy mask for a person from their photos and adds it to each of them.
 
   Args:
@@ -477,6 +483,10 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
       :data:`opomjax.core.transfer.EOT_CHANNELS` (e.g. ``("none", "jpeg", "resize", "blur")``) the gradient is
       averaged over at every step; empty (default): off. Costs ``eot_samples`` times the ascent.
     eot_samples: random channel draws per step under ``eot``.
+    ti_width: translation-invariant smoothing of each step's gradient (TI), the odd width of its Gaussian
+      kernel; 1: off (:func:`opomjax.core.update_rules.translation_invariant`).
+    di_probability: input diversity (DI): the probability that a step sees the masked faces randomly shrunk
+      and shifted; 0: off (:func:`opomjax.core.transfer.input_diversity`).
     show_progress: progress bars and log lines.
 
   Returns:
@@ -491,7 +501,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
                 dropout=dropout, feather=feather, min_face_size=min_face_size, select=select,
                 surrogate_weights=surrogate_weights, allow_large_epsilon=allow_large_epsilon,
                 surrogate_count=len(surrogates) if not isinstance(surrogates, (str, base.FaceModel)) else 1,
-                eot=tuple(eot), eot_samples=eot_samples)
+                eot=tuple(eot), eot_samples=eot_samples, ti_width=ti_width, di_probability=di_probability)
   loaded = read_photos(photos)
   models = load_surrogates(surrogates, dropout, allow_random_weights=allow_random_weights)
   prng, seed = _as_key(key)
@@ -529,7 +539,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
       embed, jnp.asarray(chips, jnp.float32), params=params, method=method, key=prng, epsilon=epsilon,
       step_size=step_size, steps=steps, momentum=momentum, dfanet=dropout > 0, return_trace=True,
       allow_large_epsilon=allow_large_epsilon, eot=tuple(eot), eot_samples=eot_samples,
-      surrogate_weights=surrogate_weights)
+      surrogate_weights=surrogate_weights, ti_width=int(ti_width), di_probability=float(di_probability))
   mask, trace = np.asarray(mask[0], np.float32), np.asarray(trace[0])
   if show_progress:
     log.info("mask computed in %.1f s", time.time() - start)
@@ -538,7 +548,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = ("dlib_resnet",)
                   steps=int(steps), seed=seed, step_size=float(step_size), momentum=float(momentum or 0.0),
                   dropout=float(dropout), roundtrip=bool(roundtrip), feather=float(feather),
                   surrogate_weights=None if surrogate_weights is None else list(surrogate_weights),
-                  faces=len(loaded) - len(skipped), eot=",".join(eot), eot_samples=int(eot_samples) if eot else 0)
+                  faces=len(loaded) - len(skipped), eot=",".join(eot), eot_samples=int(eot_samples) if eot else 0,
+                  ti_width=int(ti_width), di_probability=float(di_probability))
   return ProtectionResult(photos=_apply(loaded, found, mask, feather), mask=mask, faces=found, skipped=skipped,
                           trace=trace, metadata=metadata, choices=choices, originals=loaded)
 
