@@ -601,3 +601,21 @@ def test_transfer_options_reach_the_ascent_and_are_recorded(person_photos, detec
   assert seen == {"ti_width": 5, "di_probability": 0.5}
   assert result.metadata["ti_width"] == 5 and result.metadata["di_probability"] == 0.5
   assert np.abs(result.mask).max() <= 8.0
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], dict(surrogates=("dlib_resnet", "sface", "faceres"), ti_width=7, di_probability=0.5)),
+    (["--preset=fast"], dict(surrogates=("dlib_resnet",), ti_width=1, di_probability=0.0)),
+    (["--preset=fast", "--ti_width=5"], dict(surrogates=("dlib_resnet",), ti_width=5, di_probability=0.0)),
+    (["--surrogates=sface"], dict(surrogates=["sface"], ti_width=7, di_probability=0.5)),
+])
+def test_presets_fill_in_only_the_settings_not_given(flags, expected):
+  args = cli.build_parser().parse_args(["--photos", "p", "--out", "o", *flags])
+  options = cli._options(args)  # pylint: disable=protected-access
+  assert {k: options[k] for k in expected} == expected
+
+
+def test_a_preset_with_a_saved_mask_is_refused(capsys, tmp_path, photo_folder, no_work):
+  status, out, err = run_cli(capsys, "--photos", photo_folder, "--out", tmp_path / "out", "--mask",
+                             tmp_path / "mask.npz", "--preset=fast")
+  assert_one_line_error(status, out, err, "--preset")

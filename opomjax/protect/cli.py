@@ -47,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
       help="which face is the person's in a photo with several: similar (most like the person's other photos; "
            "default), largest, central or best; NAME=K takes the K-th face from the left (K >= 1) in photo NAME")
   add("--select", dest="face", type=_comma_list, help=argparse.SUPPRESS)  # the flag's former name
+  add("--preset", choices=tuple(defaults.PRESETS), default=None,
+      help="transfer (default): computed on dlib_resnet, sface and faceres with TI and DI, for recognisers the "
+           "mask never saw; fast: dlib_resnet alone, plain steps (about a third of the time, little protection "
+           "beyond dlib). Flags given explicitly override the preset")
   add("--surrogates", type=_comma_list, default=None,
-      help=f"models the mask is computed on (default {','.join(defaults.SURROGATES)})")
+      help=f"models the mask is computed on (default: the preset's, {','.join(defaults.SURROGATES)})")
   add("--surrogate_weights", type=_comma_list, default=None, help="one weight per surrogate (default: equal)")
   add("--method", default=None, help="mask method (see opomjax.generate_masks; default opom-convex)")
   add("--epsilon", type=float, default=None, help="largest change of a pixel value, in [0, 255] units (default 8)")
@@ -63,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
            "channels, e.g. none,jpeg,resize,blur (default: off; costs --eot_samples times the steps)")
   add("--eot_samples", type=int, default=None, help="random channel draws per step with --eot (default 4)")
   add("--ti_width", type=int, default=None,
-      help="smooth each step's gradient with a Gaussian of this odd width (TI; helps unseen models; 1: off)")
+      help=f"smooth each step's gradient with a Gaussian of this odd width (TI; helps unseen models; 1: off; "
+           f"default: the preset's, {defaults.TI_WIDTH})")
   add("--di_probability", type=float, default=None,
-      help="probability that a step sees the faces randomly shrunk and shifted (DI; helps unseen models; 0: off)")
+      help=f"probability that a step sees the faces randomly shrunk and shifted (DI; helps unseen models; 0: "
+           f"off; default: the preset's, {defaults.DI_PROBABILITY})")
   add("--feather", type=float, default=None, help="pixels over which the mask fades out at the face region's edge")
   add("--min_face_size", type=float, default=None, help="faces smaller than this (pixels) are left unprotected")
   add("--format", dest="image_format", choices=("png", "jpeg"), default="png",
@@ -107,16 +113,21 @@ def _options(args: argparse.Namespace) -> dict:
       weights = [float(w) for w in args.surrogate_weights]
     except ValueError:
       raise UsageError(f"--surrogate_weights must be numbers, got {','.join(args.surrogate_weights)}") from None
+  preset = defaults.PRESETS[args.preset or defaults.PRESET]
   mask_settings = dict(surrogates=args.surrogates, surrogate_weights=weights, method=args.method,
                        epsilon=args.epsilon, steps=args.steps, step_size=args.step_size, momentum=args.momentum,
                        dropout=args.dropout, key=args.seed, eot=args.eot, eot_samples=args.eot_samples,
                        ti_width=args.ti_width, di_probability=args.di_probability)
   if args.mask is not None:
     given_settings = [f"--{'seed' if k == 'key' else k}" for k, v in mask_settings.items() if v is not None]
+    if args.preset is not None:
+      given_settings.append("--preset")
     if given_settings:
       raise UsageError(f"{', '.join(given_settings)} cannot be used with --mask: the saved mask is already "
                        "computed, with its own settings")
     mask_settings = {}
+  else:
+    mask_settings.update({k: v for k, v in preset.items() if mask_settings[k] is None})
   photos = args.photos[0] if len(args.photos) == 1 else args.photos
   return dict(photos=photos, out_dir=args.out, image_format=args.image_format, jpeg_quality=args.jpeg_quality,
               targets=tuple(args.targets), mask=args.mask, face_index=given or None,

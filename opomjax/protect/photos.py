@@ -448,7 +448,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
                    face_index: Mapping[int, int] | None = None, feather: float = 0.0, roundtrip: bool = True,
                    surrogate_weights: Sequence[float] | None = None, allow_large_epsilon: bool = False,
                    allow_random_weights: bool = False, eot: Sequence[str] = (), eot_samples: int = 4,
-                   ti_width: int = 1, di_probability: float = 0.0, show_progress: bool = True) -> ProtectionResult:
+                   ti_width: int = defaults.TI_WIDTH, di_probability: float = defaults.DI_PROBABILITY,
+                   show_progress: bool = True) -> ProtectionResult:
   """Computes one privacy mask for a person from their photos and adds it to each of them.
 
   Args:
@@ -456,7 +457,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
       :func:`opomjax.faces.read_photo` takes). The more (and more varied) photos, the better the mask
       generalises to new ones.
     surrogates: the models the mask is computed on: registry names (``"dlib_resnet"``, ``"sface"``, ...) or
-      :class:`~opomjax.models.base.FaceModel` instances. Several make an ensemble: each keeps its own
+      :class:`~opomjax.models.base.FaceModel` instances (default: :data:`opomjax.protect.defaults.SURROGATES`,
+      dlib's ResNet, SFace and faceres). Several make an ensemble: each keeps its own
       features and objective, and every step follows the weighted sum of their gradients, each normalised
       to the same scale (:func:`opomjax.core.ensemble.combine_member_gradients`); an ensemble usually
       transfers better to unseen systems, and costs the sum of its members' steps.
@@ -484,9 +486,9 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
       averaged over at every step; empty (default): off. Costs ``eot_samples`` times the ascent.
     eot_samples: random channel draws per step under ``eot``.
     ti_width: translation-invariant smoothing of each step's gradient (TI), the odd width of its Gaussian
-      kernel; 1: off (:func:`opomjax.core.update_rules.translation_invariant`).
+      kernel (default 7); 1: off (:func:`opomjax.core.update_rules.translation_invariant`).
     di_probability: input diversity (DI): the probability that a step sees the masked faces randomly shrunk
-      and shifted; 0: off (:func:`opomjax.core.transfer.input_diversity`).
+      and shifted (default 0.5); 0: off (:func:`opomjax.core.transfer.input_diversity`).
     show_progress: progress bars and log lines.
 
   Returns:
