@@ -604,7 +604,7 @@ def test_transfer_options_reach_the_ascent_and_are_recorded(person_photos, detec
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ([], dict(surrogates=("dlib_resnet", "sface", "faceres"), ti_width=7, di_probability=0.5)),
+    ([], dict(surrogates=("dlib_resnet", "sface", "faceres", "mobileface"), ti_width=7, di_probability=0.5)),
     (["--preset=fast"], dict(surrogates=("dlib_resnet",), ti_width=1, di_probability=0.0)),
     (["--preset=fast", "--ti_width=5"], dict(surrogates=("dlib_resnet",), ti_width=5, di_probability=0.0)),
     (["--surrogates=sface"], dict(surrogates=["sface"], ti_width=7, di_probability=0.5)),

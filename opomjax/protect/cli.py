@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
            "default), largest, central or best; NAME=K takes the K-th face from the left (K >= 1) in photo NAME")
   add("--select", dest="face", type=_comma_list, help=argparse.SUPPRESS)  # the flag's former name
   add("--preset", choices=tuple(defaults.PRESETS), default=None,
-      help="transfer (default): computed on dlib_resnet, sface and faceres with TI and DI, for recognisers the "
-           "mask never saw; fast: dlib_resnet alone, plain steps (about a third of the time, little protection "
-           "beyond dlib). Flags given explicitly override the preset")
+      help="transfer (default): computed on dlib_resnet, sface, faceres and mobileface with TI and DI, for "
+           "recognisers the mask never saw; fast: dlib_resnet alone, plain steps (less than half the time, little "
+           "protection beyond dlib). Flags given explicitly override the preset")
   add("--surrogates", type=_comma_list, default=None,
       help=f"models the mask is computed on (default: the preset's, {','.join(defaults.SURROGATES)})")
   add("--surrogate_weights", type=_comma_list, default=None, help="one weight per surrogate (default: equal)")

@@ -7,12 +7,12 @@ Two presets (docs/results/README.md, "Masks for recognisers they never saw", has
   and input diversity (DI, probability 0.5). An ensemble of two of them with these settings protects on average
   56 % of the Top-1 searches of the third (Privacy-LFW, 62 people; 55 % after JPEG 75), against 15-18 % for a
   mask computed on dlib alone.
-- ``fast``: dlib's ResNet alone, the paper's plain 16 steps; about a third of the cost, and little protection
+- ``fast``: dlib's ResNet alone, the paper's plain 16 steps; less than half the time, and little protection
   against recognisers other than dlib.
 """
 
 PRESETS = {
-    "transfer": dict(surrogates=("dlib_resnet", "sface", "faceres"), ti_width=7, di_probability=0.5),
+    "transfer": dict(surrogates=("dlib_resnet", "sface", "faceres", "mobileface"), ti_width=7, di_probability=0.5),
     "fast": dict(surrogates=("dlib_resnet",), ti_width=1, di_probability=0.0),
 }
 PRESET = "transfer"

@@ -458,7 +458,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
       generalises to new ones.
     surrogates: the models the mask is computed on: registry names (``"dlib_resnet"``, ``"sface"``, ...) or
       :class:`~opomjax.models.base.FaceModel` instances (default: :data:`opomjax.protect.defaults.SURROGATES`,
-      dlib's ResNet, SFace and faceres). Several make an ensemble: each keeps its own
+      dlib's ResNet, SFace, faceres and mobileface). Several make an ensemble: each keeps its own
       features and objective, and every step follows the weighted sum of their gradients, each normalised
       to the same scale (:func:`opomjax.core.ensemble.combine_member_gradients`); an ensemble usually
       transfers better to unseen systems, and costs the sum of its members' steps.
