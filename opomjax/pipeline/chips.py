@@ -76,14 +76,15 @@ def load_training_chips(path: str | os.PathLike, num_identities: int | None = No
       frame_name, saved_dataset = str(f["frame_name"]), str(f["dataset"])
   except (KeyError, OSError) as e:
     raise ValueError(f"{path} is not a training chips file ({e})") from e
-  starts = np.concatenate([[0], ends[:-1]])
-  train = np.stack([_decode(webp[a:b].tobytes()) for a, b in zip(starts, ends)]).reshape(shape)
   if dataset is not None and saved_dataset != dataset:
     raise ValueError(f"{path} holds data set {saved_dataset!r}, the config names {dataset!r}")
   if num_identities is not None:
     if not 1 <= num_identities <= len(names):
       raise ValueError(f"{path} holds {len(names)} identities, the config asks for {num_identities}")
-    names, train = names[:num_identities], train[:num_identities]
+    names, shape = names[:num_identities], (num_identities,) + shape[1:]
+  count = int(np.prod(shape[:2]))  # decode only the identities asked for
+  starts = np.concatenate([[0], ends[:-1]])[:count]
+  train = np.stack([_decode(webp[a:b].tobytes()) for a, b in zip(starts, ends[:count])]).reshape(shape)
   return TrainingChips(names=names, train=train, frame_name=frame_name, dataset=saved_dataset)
 
 
