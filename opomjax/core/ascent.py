@@ -790,7 +790,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     devices: the devices for ``parallel`` (default: every local device).
     return_trace: also return the objective before each step, ``(k, steps)``.
     allow_large_epsilon: accept ``epsilon > MAX_EPSILON`` (32 in [0, 255] units).
-    progress: None (silent, all steps in one call), True (a tqdm bar of steps on stderr), or a callable
+    progress: None or False (silent), True (a tqdm bar of steps on stderr), or a callable
       ``progress(done_steps, steps)`` called after every piece.
     steps_per_call: steps per compiled piece (default 1: the fastest on XLA:CPU and the quickest to compile).
     eot: expectation over transformation: names of :data:`opomjax.core.transfer.EOT_CHANNELS` (``"none"``,

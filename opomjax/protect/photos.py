@@ -466,7 +466,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
     method: a method of :func:`opomjax.generate_masks` (default OPOM-ConvexHull).
     epsilon: the largest change of any pixel value, in [0, 255] units (paper: 8; at most
       :data:`MAX_EPSILON` unless ``allow_large_epsilon``).
-    steps: ascent steps (paper: 16).
+    steps: ascent steps (default :data:`opomjax.protect.defaults.STEPS`, 50; paper: 16).
     step_size: change of each mask pixel per step (paper: 1).
     momentum: momentum decay (Eq. 14), or None.
     dropout: DFANet dropout rate (Eq. 15), the same for every surrogate; 0 turns DFANet off.
