@@ -604,10 +604,12 @@ def test_transfer_options_reach_the_ascent_and_are_recorded(person_photos, detec
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ([], dict(surrogates=("dlib_resnet", "sface", "faceres", "mobileface"), ti_width=7, di_probability=0.5)),
-    (["--preset=fast"], dict(surrogates=("dlib_resnet",), ti_width=1, di_probability=0.0)),
+    ([], dict(surrogates=("dlib_resnet", "sface", "faceres", "mobileface"), ti_width=7, di_probability=0.5,
+              steps=50)),
+    (["--preset=fast"], dict(surrogates=("dlib_resnet",), ti_width=1, di_probability=0.0, steps=16)),
     (["--preset=fast", "--ti_width=5"], dict(surrogates=("dlib_resnet",), ti_width=5, di_probability=0.0)),
-    (["--surrogates=sface"], dict(surrogates=["sface"], ti_width=7, di_probability=0.5)),
+    (["--preset=fast", "--steps=30"], dict(surrogates=("dlib_resnet",), steps=30)),
+    (["--surrogates=sface"], dict(surrogates=["sface"], ti_width=7, di_probability=0.5, steps=50)),
 ])
 def test_presets_fill_in_only_the_settings_not_given(flags, expected):
   args = cli.build_parser().parse_args(["--photos", "p", "--out", "o", *flags])

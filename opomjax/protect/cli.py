@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
   add("--method", default=None, help="mask method (see opomjax.generate_masks; default opom-convex)")
   add("--epsilon", type=float, default=None, help="largest change of a pixel value, in [0, 255] units (default 8)")
   add("--allow_large_epsilon", action="store_true", help="accept --epsilon above 32")
-  add("--steps", type=int, default=None, help="ascent steps (default 16)")
+  add("--steps", type=int, default=None, help=f"ascent steps (default: the preset's, {defaults.STEPS})")
   add("--step_size", type=float, default=None, help="change of each mask pixel per step (default 1)")
   add("--momentum", type=float, default=None, help="momentum decay (Eq. 14; default none)")
   add("--dropout", type=float, default=None, help="DFANet dropout rate of the surrogates (default 0: off)")

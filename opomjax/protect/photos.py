@@ -41,7 +41,7 @@ from opomjax.protect import defaults
 
 log = logging.getLogger(__name__)
 
-#: The paper's setting: ``epsilon = 8`` of 255, step 1, 16 steps.
+#: Ascent steps of the default preset (:mod:`opomjax.protect.defaults`; the paper's are 16).
 DEFAULT_STEPS = defaults.STEPS
 DEFAULT_SURROGATES = defaults.SURROGATES
 
@@ -541,7 +541,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
       embed, jnp.asarray(chips, jnp.float32), params=params, method=method, key=prng, epsilon=epsilon,
       step_size=step_size, steps=steps, momentum=momentum, dfanet=dropout > 0, return_trace=True,
       allow_large_epsilon=allow_large_epsilon, eot=tuple(eot), eot_samples=eot_samples,
-      surrogate_weights=surrogate_weights, ti_width=int(ti_width), di_probability=float(di_probability))
+      surrogate_weights=surrogate_weights, ti_width=int(ti_width), di_probability=float(di_probability),
+      progress=bool(show_progress))
   mask, trace = np.asarray(mask[0], np.float32), np.asarray(trace[0])
   if show_progress:
     log.info("mask computed in %.1f s", time.time() - start)
