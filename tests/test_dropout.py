@@ -80,3 +80,39 @@ def test_dropout_rescales_the_kept_units_and_refuses_bad_rates():
   np.testing.assert_array_equal(np.asarray(dropout.dfanet_dropout(x, key, 0.0)), x)
   with pytest.raises(ValueError, match=r"\[0, 1\)"):
     dropout.keep_mask(key, 1.0, (2,))
+
+
+def _lfw_chips(lfw_root, count: int = 6) -> np.ndarray:
+  """Fixed crops of deep-funneled LFW photos, roughly in the canonical 128x128 frame."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  people = sorted(p for p in lfw_root.iterdir() if p.is_dir())[:count]
+  crops = [Image.open(sorted(p.glob("*.jpg"))[0]).convert("RGB").crop((60, 64, 190, 194)).resize((128, 128))
+           for p in people]
+  return np.stack([np.asarray(c, np.float32) for c in crops])
+
+
+def test_feature_cosine_under_dropout_is_the_mean_cosine_over_the_draws():
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import opomjax  # pylint: disable=import-outside-toplevel
+  model = opomjax.load_model("mobilefacenet", allow_random_weights=True)
+  images = np.random.default_rng(0).uniform(0, 255, (3, 128, 128, 3)).astype(np.float32)
+  key = jax.random.PRNGKey(5)
+  dropped = dataclasses.replace(model, dropout_rate=0.05)
+  clean = np.asarray(model.apply(model.params, images), np.float64)
+  expected = np.mean([np.mean(np.sum(np.asarray(dropped.apply(dropped.params, images, k), np.float64) * clean, -1))
+                      for k in jax.random.split(key, 2)])
+  assert dropout.feature_cosine_under_dropout(model, images, 0.05, key) == pytest.approx(expected, abs=1e-5)
+  assert dropout.feature_cosine_under_dropout(model, images, 0.0, key) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_dropout_that_destroys_a_surrogate_s_features_is_refused_by_name(lfw_root):
+  import opomjax  # pylint: disable=import-outside-toplevel
+  from opomjax.models import checkpoints  # pylint: disable=import-outside-toplevel
+  if not (checkpoints.shared_dir() / "models" / "faceres.json").is_file():
+    pytest.skip("faceres.json not found (set OPOMJAX_SHARED)")
+  chips = jax.numpy.asarray(_lfw_chips(lfw_root))
+  dlib, faceres = opomjax.load_model("dlib_resnet"), opomjax.load_model("faceres")
+  dropout.check_dropout_tolerance((dlib,), chips, 0.1)  # a residual network keeps its features (cosine ~0.9)
+  dropout.check_dropout_tolerance((dlib, faceres), chips, 0.01)
+  with pytest.raises(ValueError, match=r"DFANet dropout 0.1 destroys faceres's features \(mean cosine 0\.[0-5]"):
+    dropout.check_dropout_tolerance((dlib, faceres), chips, 0.1)

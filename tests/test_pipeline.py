@@ -261,7 +261,7 @@ def toy_config(**overrides):
   config = common.method_config("fi-uap", "dlib")
   config.update_from_flattened_dict({
       "dataset.name": "synthetic", "dataset.num_identities": NUM_TOY_IDS, "group_size": 2, "steps": 2,
-      "momentum": 1.0, "dropout": 0.1, "targets": "dlib_resnet",
+      "momentum": 1.0, "dropout": 0.05, "targets": "dlib_resnet",
       **{k.replace("__", "."): v for k, v in overrides.items()}})
   return config
 
@@ -328,7 +328,7 @@ def test_masks_record_their_settings_and_identity(generated):
                                    "seed", "group_size", "dataset", "lower", "upper", "warmup_center_steps",
                                    "solver", "frame", "group", "group_members")} == dict(
       method="opom-convex", surrogate="dlib_resnet", epsilon=8.0, step_size=1.0, steps=2, momentum=1.0,
-      dropout=0.1, seed=0, group_size=2, dataset="synthetic", lower=0.0, upper=1.0, warmup_center_steps=5,
+      dropout=0.05, seed=0, group_size=2, dataset="synthetic", lower=0.0, upper=1.0, warmup_center_steps=5,
       solver="osqp", frame="arcface128", group=1, group_members=2)
   protocol = toy_protocol()
   assert recorded["group_images"] == features.fingerprint(protocol.train[[2, 3]])
@@ -339,7 +339,7 @@ def test_masks_record_their_settings_and_identity(generated):
 
 @pytest.mark.parametrize("overrides,setting", [
     (dict(epsilon=4.0), "epsilon"), (dict(steps=3), "steps"), (dict(step_size=0.5), "step_size"),
-    (dict(momentum=0.5), "momentum"), (dict(dropout=0.2), "dropout"), (dict(seed=1), "seed"),
+    (dict(momentum=0.5), "momentum"), (dict(dropout=0.02), "dropout"), (dict(seed=1), "seed"),
     (dict(group_size=3), "group_size"), (dict(dataset__images_per_split=3), "images_per_split"),
     (dict(lower=0.1), "lower"), (dict(upper=0.9), "upper"), (dict(warmup_center_steps=1), "warmup_center_steps"),
     (dict(solver="fista"), "solver"),
@@ -417,7 +417,7 @@ def test_results_rows_carry_settings_and_do_not_merge_across_them(generated, toy
   row = next(r for r in rows if r["method"] == "fi-uap")
   assert {k: row[k] for k in ("epsilon", "steps", "step_size", "momentum", "dropout", "seed", "group_size",
                               "num_identities", "dataset", "frame", "lower")} == dict(
-      epsilon=8.0, steps=2, step_size=1.0, momentum=1.0, dropout=0.1, seed=0, group_size=2, num_identities=4,
+      epsilon=8.0, steps=2, step_size=1.0, momentum=1.0, dropout=0.05, seed=0, group_size=2, num_identities=4,
       dataset="synthetic", frame="arcface128", lower=None)
   with open(workdir / "results.csv") as f:
     assert float(next(r for r in csv.DictReader(f) if r["method"] == "fi-uap")["epsilon"]) == 8.0

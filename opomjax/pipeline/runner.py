@@ -38,6 +38,7 @@ import opomjax
 from opomjax import frame as frame_lib
 from opomjax.faces import channel as channel_lib
 from opomjax.models import checkpoints
+from opomjax.models import dropout as dropout_lib
 from opomjax.pipeline import features as features_lib
 from opomjax.pipeline import gap as gap_lib
 from opomjax.pipeline import masks as masks_lib
@@ -530,6 +531,9 @@ def generate_methods(config, workdirs: dict, *, protocol=None):
   model = load_surrogate(config)
   protocol = protocol or load_protocol(config.dataset)
   validate.check_reduced_hull(config, list(workdirs), protocol.train.shape[1])
+  if config.dropout > 0:  # one identity's training images through each member, before any step
+    dropout_lib.check_dropout_tolerance(model if isinstance(model, tuple) else (model,),
+                                        jnp.asarray(protocol.train[0], jnp.float32), float(config.dropout))
   for method, wd in workdirs.items():
     if method == gap_lib.METHOD:  # a generator trained with Adam (process 0), not the signed-gradient ascent
       summary = (gap_lib.train(config, protocol, model, wd) if jax.process_index() == 0

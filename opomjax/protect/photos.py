@@ -36,6 +36,7 @@ from opomjax.core import transfer
 from opomjax.faces import roundtrip as roundtrip_lib
 from opomjax.frame import CANONICAL
 from opomjax.models import base
+from opomjax.models import dropout as dropout_lib
 from opomjax.models import registry
 from opomjax.protect import defaults
 
@@ -521,6 +522,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
   # bilinear sampling can overshoot [0, 255] by float rounding; the ascent wants the images inside it
   chips = np.clip(np.stack([found[i].chip for i in present]), 0.0, 255.0)[None]
   names = [m.name for m in models]
+  if dropout > 0:
+    dropout_lib.check_dropout_tolerance(models, jnp.asarray(chips[0], jnp.float32), float(dropout))
   if show_progress:
     log.info("computing the mask: %s, %d steps on %s from %d faces", method, steps, "+".join(names),
              chips.shape[1])
