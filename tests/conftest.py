@@ -41,6 +41,17 @@ def lfw_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("OPOMJAX_LFW_DIR") or shared_dir() / "datasets" / "lfw-deepfunneled")
 
 
+def canonical_lfw_chips(lfw_root: pathlib.Path, count: int):
+  """Fixed crops of the first ``count`` people's first deep-funneled 250x250 LFW photo, roughly in the canonical
+  128x128 frame: ``(count, 128, 128, 3)`` float32."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  people = sorted(p for p in lfw_root.iterdir() if p.is_dir())[:count]
+  crops = [Image.open(sorted(p.glob("*.jpg"))[0]).convert("RGB").crop((60, 64, 190, 194)).resize(
+      (128, 128), Image.BILINEAR) for p in people]
+  return np.stack([np.asarray(c, np.float32) for c in crops])
+
+
 @pytest.fixture(scope="session")
 def lfw_root() -> pathlib.Path:
   d = lfw_dir()

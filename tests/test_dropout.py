@@ -9,6 +9,8 @@ from scipy import stats
 
 from opomjax.models import dropout
 
+from conftest import canonical_lfw_chips
+
 SHAPE = (16, 64, 32, 32)  # 1,048,576 draws, laid out like a batch of feature maps
 
 
@@ -82,15 +84,6 @@ def test_dropout_rescales_the_kept_units_and_refuses_bad_rates():
     dropout.keep_mask(key, 1.0, (2,))
 
 
-def _lfw_chips(lfw_root, count: int = 6) -> np.ndarray:
-  """Fixed crops of deep-funneled LFW photos, roughly in the canonical 128x128 frame."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  people = sorted(p for p in lfw_root.iterdir() if p.is_dir())[:count]
-  crops = [Image.open(sorted(p.glob("*.jpg"))[0]).convert("RGB").crop((60, 64, 190, 194)).resize((128, 128))
-           for p in people]
-  return np.stack([np.asarray(c, np.float32) for c in crops])
-
-
 def test_feature_cosine_under_dropout_is_the_mean_cosine_over_the_draws():
   import dataclasses  # pylint: disable=import-outside-toplevel
   import opomjax  # pylint: disable=import-outside-toplevel
@@ -110,7 +103,7 @@ def test_dropout_that_destroys_a_surrogate_s_features_is_refused_by_name(lfw_roo
   from opomjax.models import checkpoints  # pylint: disable=import-outside-toplevel
   if not (checkpoints.shared_dir() / "models" / "faceres.json").is_file():
     pytest.skip("faceres.json not found (set OPOMJAX_SHARED)")
-  chips = jax.numpy.asarray(_lfw_chips(lfw_root))
+  chips = jax.numpy.asarray(canonical_lfw_chips(lfw_root, 6))
   dlib, faceres = opomjax.load_model("dlib_resnet"), opomjax.load_model("faceres")
   dropout.check_dropout_tolerance((dlib,), chips, 0.1)  # a residual network keeps its features (cosine ~0.9)
   dropout.check_dropout_tolerance((dlib, faceres), chips, 0.01)

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 from opomjax import frame as frame_lib
 from opomjax.models import checkpoints
@@ -27,7 +26,7 @@ from opomjax.models.tfjs import operators
 from opomjax.models.tfjs import reading
 from opomjax.models.tfjs import surrogate
 
-from conftest import shared_dir
+from conftest import canonical_lfw_chips, shared_dir
 
 REFERENCE_DIR = pathlib.Path(__file__).resolve().parent / "tfjs_reference"
 
@@ -326,20 +325,9 @@ def _model_json(name: str) -> pathlib.Path:
   return path
 
 
-def _canonical_chips(lfw_root, count: int) -> np.ndarray:
-  """Fixed crops of the deep-funneled 250x250 LFW images, roughly in the canonical 128x128 frame."""
-  people = sorted(p for p in os.listdir(lfw_root) if (lfw_root / p).is_dir())[:count]
-  chips = []
-  for person in people:
-    path = sorted((lfw_root / person).glob("*.jpg"))[0]
-    image = Image.open(path).convert("RGB").crop((60, 64, 190, 194)).resize((128, 128), Image.BILINEAR)
-    chips.append(np.asarray(image, np.float32))
-  return np.stack(chips)
-
-
 @pytest.fixture(scope="module")
 def canonical_chips(lfw_root):
-  return _canonical_chips(lfw_root, 4)
+  return canonical_lfw_chips(lfw_root, 4)
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

@@ -5,7 +5,8 @@ JAX), ``faceres`` or ``mobileface`` (the TensorFlow.js models in JAX; the surrog
 target, white-box), each optionally with ``_mdfa`` (momentum + DFANet, the paper's Table 4/5 setting: 100 steps, μ = 1.0,
 dropout 0.1; 0.02 for SFace, whose plain chain of convolutions does not tolerate more; faceres and mobileface
 lose their features even at 0.02, so a run with them under DFANet stops before its first step and names the
-model — ``opomjax.models.dropout.check_dropout_tolerance`` — unless ``--config.dropout`` is lowered to ~0.01), and ``_full`` (all 62
+model, ``opomjax.models.dropout.check_dropout_tolerance``, unless ``--config.dropout`` is lowered to ~0.01),
+and ``_full`` (all 62
 Privacy-LFW identities; default: the first 10), ``_eot`` (the gradient averaged over 4 random channels per
 step: 8-bit rounding, JPEG, resizing, blur; ~4x the cost) and ``_all`` (evaluated on all four real recognisers: dlib ResNet,
 SFace in onnxruntime, faceres and mobileface; default: dlib ResNet and SFace), e.g. ``sface_mdfa_full`` or
