@@ -19,8 +19,10 @@ from typing import Callable
 from absl import logging
 
 #: Exceptions that mean "bad input" (DatasetNotFoundError is a FileNotFoundError, MaskFileError and the
-#: settings mismatch are ValueErrors).
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+#: settings mismatch are ValueErrors; a group too large for the memory, runner.GroupOutOfMemoryError, is a
+#: MemoryError that names the setting to lower).
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               MemoryError)
 
 #: Exit status after Ctrl-C (128 + SIGINT), as a shell reports it.
 INTERRUPTED = 130

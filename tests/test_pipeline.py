@@ -735,3 +735,40 @@ def test_masks_made_from_a_chips_file_are_reused_by_a_run_on_the_data_set(tmp_pa
   assert snapshot(tmp_path / "from_file") == snapshot(tmp_path / "from_data")  # same bytes, settings included
   runner.generate_all(config, tmp_path / "from_file", protocol=protocol)
   assert toy_run["generate_masks"] == 4  # the data set's run found every mask made and made none again
+
+
+def test_out_of_memory_in_a_group_is_one_line_naming_the_group_size_and_keeps_finished_groups(tmp_path, toy_run,
+                                                                                              monkeypatch, capsys):
+  import jax
+  import opomjax
+  from experiments import launcher
+
+  real_generate = opomjax.generate_masks
+  calls = []
+
+  def generate_masks(*args, **kwargs):  # the first group fits, the second does not
+    calls.append(1)
+    if len(calls) == 2:
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 26705450744 bytes.")
+    return real_generate(*args, **kwargs)
+
+  monkeypatch.setattr(opomjax, "generate_masks", generate_masks)
+  config = toy_config(methods="opom-convex")
+  main = launcher.one_line_errors(lambda argv: runner.generate_all(config, tmp_path, protocol=toy_protocol()))
+  with pytest.raises(SystemExit) as exit_info:
+    main([])
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err
+  errors = [line for line in err.splitlines() if line.startswith("error:")]
+  assert "Traceback" not in err and len(errors) == 1 and err.rstrip().endswith(errors[0])  # the progress bar aside
+  assert errors[0].startswith("error: opom-convex: out of memory in group 1 (2 identities")
+  assert "26705450744 bytes" in errors[0] and "--config.group_size (e.g. 1)" in errors[0]
+  assert "2 finished masks are saved" in errors[0]
+  assert len(snapshot(tmp_path)) == 2  # the first group's masks stay on disk for the rerun
+
+  def other_failure(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+  monkeypatch.setattr(opomjax, "generate_masks", other_failure)
+  with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):  # not every runtime error is memory
+    runner.generate_all(toy_config(methods="fi-uap"), tmp_path / "other", protocol=toy_protocol())

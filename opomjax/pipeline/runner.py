@@ -217,17 +217,20 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
     for g, idx, pending, expected in plan:
       if not pending:
         continue
-      masks = opomjax.generate_masks(
-          apply_fn,
-          jnp.asarray(protocol.train[idx], jnp.float32),
-          params=surrogate_params(model),
-          key=jax.random.fold_in(jax.random.PRNGKey(config.seed), g),
-          activations_fn=activations_fn if method == "gd-uap" else None,
-          parallel=None if config.parallel in ("", "none", None) else config.parallel,
-          allow_large_epsilon=bool(config.get("allow_large_epsilon", False)),
-          **options,
-      )
-      masks = np.asarray(masks)
+      try:
+        masks = np.asarray(opomjax.generate_masks(
+            apply_fn,
+            jnp.asarray(protocol.train[idx], jnp.float32),
+            params=surrogate_params(model),
+            key=jax.random.fold_in(jax.random.PRNGKey(config.seed), g),
+            activations_fn=activations_fn if method == "gd-uap" else None,
+            parallel=None if config.parallel in ("", "none", None) else config.parallel,
+            allow_large_epsilon=bool(config.get("allow_large_epsilon", False)),
+            **options,
+        ))
+      except jax.errors.JaxRuntimeError as err:
+        raise_if_out_of_memory(err, method, g, len(idx), done + generated)
+        raise
       for row, i in enumerate(idx):
         if i in pending:
           masks_lib.save_mask(masks_lib.mask_path(workdir, names[i]), masks[row], {
@@ -238,6 +241,27 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
       bar.update(len(pending))
       log.info("%s: group %d done (%d masks) in %s", method, g, len(pending), workdir / "masks")
   return {"method": method, "generated": generated, "skipped": mine - generated, "seconds": time.time() - start}
+
+
+class GroupOutOfMemoryError(MemoryError):
+  """A group of identities needed more device memory than there is (XLA's ``RESOURCE_EXHAUSTED``)."""
+
+
+def raise_if_out_of_memory(err: Exception, method: str, group: int, group_len: int, saved: int) -> None:
+  """Raises :class:`GroupOutOfMemoryError` in place of XLA's out-of-memory error ``err`` (one line: which group,
+  how many masks are saved, what to lower); returns for any other error.
+
+  Memory grows with the group (every identity's images and activations are live in one step) and, under EOT,
+  VMI or SI, with the draws per step, so the remedy is a smaller ``config.group_size``.
+  """
+  text = str(err)
+  if "RESOURCE_EXHAUSTED" not in text:
+    return
+  detail = next((line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), "")
+  raise GroupOutOfMemoryError(
+      f"{method}: out of memory in group {group} ({group_len} identities at once; {detail}); {saved} finished "
+      f"masks are saved: rerun with a smaller --config.group_size (e.g. {max(1, group_len // 2)}) to resume"
+  ) from err
 
 
 def add_generation_seconds(timing_path: pathlib.Path, since: float) -> float:
