@@ -8,10 +8,12 @@ For each model, on ``n`` random canonical 128x128 images of one identity, OPOM-C
 
 * ``plain``: momentum without DFANet (the floor the dropout adds to);
 * ``threefry``: DFANet with keep masks from ``jax.random.bernoulli`` (Threefry; what the project drew before);
-* ``hash``: DFANet with the keyed hash of :mod:`opomjax.models.dropout` (the default).
+* ``hash``: DFANet with the keyed hash of :mod:`opomjax.models.dropout` (the default);
+* ``once``: the hash, with the clean features taken once without dropout (``dfanet_clean_once=True``).
 
-Under DFANet a step also recomputes the clean features with dropout (a second forward pass), so its floor
-is above ``plain`` by about one forward pass whatever the generator.
+Under DFANet a step also recomputes the clean features with dropout (a second forward pass, as the official
+code does), so its floor is above ``plain`` by about one forward pass whatever the generator; ``once`` drops
+that pass.
 
 Everything is measured in one run of this script, so the ratios hold on a shared machine too.
 """
@@ -35,13 +37,15 @@ from opomjax.models import registry  # pylint: disable=wrong-import-position
 from bench.bench_models import median_seconds  # pylint: disable=wrong-import-position
 
 
-def per_step(model, images, steps: int, repeats: int, *, dfanet: bool, generator: str) -> float:
+def per_step(model, images, steps: int, repeats: int, *, dfanet: bool, generator: str,
+             clean_once: bool = False) -> float:
   """Seconds per step of ``generate_masks`` (momentum, ``dfanet``) with keep masks from ``generator``."""
   dropout.GENERATOR = generator  # read when a step is traced: drop the steps compiled with the other one
   ascent._cached_runner.cache_clear()  # pylint: disable=protected-access
   jax.clear_caches()
   run = lambda: opomjax.generate_masks(model.apply, images, params=model.params, method="opom-convex",
-                                       key=jax.random.key(0), steps=steps, momentum=1.0, dfanet=dfanet)
+                                       key=jax.random.key(0), steps=steps, momentum=1.0, dfanet=dfanet,
+                                       dfanet_clean_once=clean_once)
   try:
     return median_seconds(run, repeats) / steps
   finally:
@@ -56,6 +60,7 @@ def bench(name: str, n: int, steps: int, repeats: int) -> dict:
       "plain": per_step(model, images, steps, repeats, dfanet=False, generator="fmix32-hash"),
       "threefry": per_step(model, images, steps, repeats, dfanet=True, generator="threefry"),
       "hash": per_step(model, images, steps, repeats, dfanet=True, generator="fmix32-hash"),
+      "once": per_step(model, images, steps, repeats, dfanet=True, generator="fmix32-hash", clean_once=True),
   }
 
 
@@ -68,12 +73,13 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, n={args.n}, steps={args.steps}, "
         f"OPOM-ConvexHull, momentum 1.0, DFANet 0.1")
-  print("model | no DFANet s/step | DFANet threefry s/step | DFANet hash s/step | overhead threefry | "
-        "overhead hash | threefry / hash")
+  print("model | no DFANet s/step | DFANet threefry s/step | DFANet hash s/step | DFANet hash, clean once s/step | "
+        "overhead threefry | overhead hash | overhead clean once | threefry / hash")
   for name in args.models.split(","):
     r = bench(name, args.n, args.steps, args.repeats)
-    print(f"{r['model']} | {r['plain']:.3f} | {r['threefry']:.3f} | {r['hash']:.3f} | "
+    print(f"{r['model']} | {r['plain']:.3f} | {r['threefry']:.3f} | {r['hash']:.3f} | {r['once']:.3f} | "
           f"{r['threefry'] / r['plain'] - 1:+.0%} | {r['hash'] / r['plain'] - 1:+.0%} | "
+          f"{r['once'] / r['plain'] - 1:+.0%} | "
           f"{r['threefry'] / r['hash']:.2f}", flush=True)
 
 

@@ -193,6 +193,34 @@ def test_momentum_and_dfanet_paths():
   assert not np.array_equal(np.asarray(masks), np.asarray(plain))
 
 
+def test_dfanet_clean_once_takes_the_clean_features_once_without_dropout():
+  """``dfanet_clean_once``: the hull's points are the dropout-free features, computed once (one ``key=None``
+  forward of the clean images, traced once), while the masked images still see fresh dropout every step."""
+  calls = []
+
+  def spy(params, images, key=None):
+    calls.append("clean" if key is None else "dropout")
+    return apply_embed(params, images, key)
+
+  common = dict(method="opom-center", epsilon=EPS, step_size=ALPHA, steps=STEPS, momentum=1.0, dfanet=True,
+                params=PARAMS, key=jax.random.key(7))
+  once = ascent.generate_masks(spy, IMAGES, dfanet_clean_once=True, **common)
+  assert calls.count("clean") == 1 and calls.count("dropout") >= 1
+  calls.clear()
+  per_step = ascent.generate_masks(spy, IMAGES, **common)
+  assert "clean" not in calls and calls.count("dropout") >= 2  # the official way: clean features under dropout
+  np.testing.assert_array_equal(np.asarray(once), np.asarray(
+      ascent.generate_masks(apply_embed, IMAGES, dfanet_clean_once=True, **common)))  # same key, same mask
+  assert not np.array_equal(np.asarray(once), np.asarray(per_step))
+  assert float(jnp.max(jnp.abs(once))) <= EPS
+  # Without dropout in the network both readings are the plain momentum ascent, bit for bit.
+  apply_no_dropout = functools.partial(TinyFaceNet(dropout_rate=0.0).apply)
+  no_dropout = lambda params, images, key=None: apply_no_dropout(params, images, key)[0]
+  plain = ascent.generate_masks(no_dropout, IMAGES, **dict(common, dfanet=False))
+  np.testing.assert_array_equal(
+      np.asarray(ascent.generate_masks(no_dropout, IMAGES, dfanet_clean_once=True, **common)), np.asarray(plain))
+
+
 def test_momentum_zero_is_plain_signed_gradient():
   plain, _ = run("opom-center")
   with_zero, _ = run("opom-center", momentum=0.0)
@@ -236,6 +264,7 @@ def with_value(array, index, value):
     (dict(steps=True), "steps"),
     (dict(momentum=np.nan), "momentum"),
     (dict(dfanet="yes"), "dfanet"),
+    (dict(dfanet_clean_once=True), "dfanet_clean_once=True needs dfanet=True"),
     (dict(method="opom-convex", lower=0.6, upper=0.4), "lower must not exceed upper"),
     (dict(method="opom-convex", lower=np.nan), "lower"),
     (dict(init=with_value(jnp.zeros((K, SIZE, SIZE, 3)), (1, 0, 0, 0), np.nan)), "init contains NaN"),

@@ -683,6 +683,22 @@ def test_transfer_techniques_reach_generate_masks_are_recorded_and_name_the_run(
                            {"fi-uap": workdirs["fi-uap"]})  # the same folder, another TI width
 
 
+def test_dfanet_clean_once_reaches_generate_masks_is_recorded_and_names_the_run(tmp_path, toy_run, monkeypatch):
+  import opomjax
+  seen = []
+  real = opomjax.generate_masks
+  monkeypatch.setattr(opomjax, "generate_masks", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+  workdirs = runner.generate_all(toy_config(dfanet_clean_once=True), tmp_path, protocol=toy_protocol())
+  assert workdirs["fi-uap"].name == "fi-uap-dlib_resnet-mdfa-clean_once"
+  assert seen and all(kw["dfanet_clean_once"] is True and kw["dfanet"] for kw in seen)
+  _, meta = masks.load_identity_mask(workdirs["fi-uap"], "synthetic_0000")
+  assert meta["settings"]["dfanet_clean_once"] is True
+  assert "dfanet_clean_once" not in settings.generation_settings(toy_config(), "fi-uap")  # off: not recorded
+  with pytest.raises(ValueError, match="dfanet_clean_once=True needs dfanet=True") as refusal:
+    runner.generate_all(toy_config(dropout=0.0, dfanet_clean_once=True), tmp_path / "bad", protocol=toy_protocol())
+  assert "\n" not in str(refusal.value) and toy_run["load_surrogate"] == 1  # refused before loading again
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("ti_width", 4, "config.ti_width must be a positive odd"), ("si_copies", 0, "config.si_copies must be a "),
     ("di_probability", 2.0, "config.di_probability must lie in"), ("mask_cell", 0, "config.mask_cell")])

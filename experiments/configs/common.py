@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.steps = 16
   config.momentum = 0.0  # 0: plain signed gradient; > 0: decay μ of Eq. 14
   config.dropout = 0.0  # DFANet dropout rate (Eq. 15); 0 disables it
+  config.dfanet_clean_once = False  # DFANet: clean features once, without dropout (one forward pass less a step)
   config.lower = 0.0  # reduced convex hull bounds (opom-convex)
   config.upper = 1.0
   config.warmup_center_steps = 5  # opom-convex: class-centre steps before the hull (the official --nter)

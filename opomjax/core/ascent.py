@@ -86,6 +86,8 @@ class AscentConfig:
     upper: ``U`` of the reduced hull (``"opom-convex"``).
     solver: QP solver for the hull coefficients.
     dfanet: whether the network is called with a fresh dropout key at every step (Eq. 15).
+    dfanet_clean_once: under DFANet, take the clean features once, without dropout, instead of again under a
+      fresh dropout key at every step (as the official code does): one forward pass less per step.
     eot: channels of :mod:`opomjax.core.transfer` to average the gradient over (expectation over
       transformation); empty: none.
     eot_samples: random channel draws per step under ``eot``.
@@ -116,6 +118,7 @@ class AscentConfig:
   upper: float = 1.0
   solver: str = "osqp"
   dfanet: bool = False
+  dfanet_clean_once: bool = False
   eot: tuple[str, ...] = ()
   eot_samples: int = 4
   eot_rounding: str = "ste"
@@ -252,7 +255,7 @@ def ascent_step(cfg: AscentConfig, net: Surrogate, images: jax.Array, clean: Any
   nets = members(net)
   if cfg.dfanet:
     adv_key, clean_key = jax.random.split(jax.random.fold_in(key, t))
-    if cfg.method != "gd-uap":
+    if cfg.method != "gd-uap" and not cfg.dfanet_clean_once:
       clean = clean_features(net, images, clean_key)
     adv_keys = (adv_key,) if len(nets) == 1 else tuple(jax.random.split(adv_key, len(nets)))
   else:
@@ -386,8 +389,9 @@ def identity_segment(cfg: AscentConfig, length: int, net: Network, images: jax.A
 
 
 def needs_clean_features(cfg: AscentConfig) -> bool:
-  """Whether the steps use clean features computed once (not GD-UAP; not DFANet, which recomputes them)."""
-  return cfg.method != "gd-uap" and not cfg.dfanet
+  """Whether the steps use clean features computed once (not GD-UAP; under DFANet only with
+  ``dfanet_clean_once``, else the steps recompute them under dropout)."""
+  return cfg.method != "gd-uap" and (not cfg.dfanet or cfg.dfanet_clean_once)
 
 
 def make_network(embed_fn: EmbedFn | tuple[EmbedFn, ...], activations_fn: Any, params: Any,
@@ -585,6 +589,10 @@ def validate_config(cfg: AscentConfig, n_images: int, *, allow_large_epsilon: bo
     raise ValueError(f"solver must be one of {hulls.SOLVERS}, got {cfg.solver!r}")
   if not isinstance(cfg.dfanet, (bool, np.bool_)):
     raise ValueError(f"dfanet must be True or False, got {cfg.dfanet!r}")
+  if not isinstance(cfg.dfanet_clean_once, (bool, np.bool_)):
+    raise ValueError(f"dfanet_clean_once must be True or False, got {cfg.dfanet_clean_once!r}")
+  if cfg.dfanet_clean_once and not cfg.dfanet:
+    raise ValueError("dfanet_clean_once=True needs dfanet=True (it changes how DFANet takes the clean features)")
   if cfg.eot:
     transfer.check_channels(cfg.eot)
     if not _is_integer(cfg.eot_samples) or cfg.eot_samples < 1:
@@ -733,6 +741,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    momentum: float | None = None, warmup_center_steps: int = OFFICIAL_WARMUP_CENTER_STEPS,
                    lower: float = 0.0, upper: float = 1.0, activations_fn: EmbedFn | None = None,
                    solver: str = "osqp", parallel: str | None = None, dfanet: bool = False, params: Any = None,
+                   dfanet_clean_once: bool = False,
                    devices: Sequence[jax.Device] | None = None, return_trace: bool = False,
                    allow_large_epsilon: bool = False, progress: ProgressFn | bool | None = None,
                    steps_per_call: int | None = None, eot: Sequence[str] = (), eot_samples: int = 4,
@@ -785,6 +794,10 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     solver: QP solver of :func:`opomjax.core.hulls.hull_coefficients`.
     parallel: None (one device), ``"pmap"`` or ``"shard_map"`` (identities spread over the local devices).
     dfanet: apply the network's dropout with a fresh key per step (Eq. 15).
+    dfanet_clean_once: under DFANet, the clean features (the hull's points) are computed once without
+      dropout instead of under a fresh dropout key at every step as in the official code; the masked images
+      still see dropout (``embed_fn`` is called with ``key=None`` for them, which must mean no dropout, as for
+      ``FaceModel``). Saves one forward pass per step; docs/performance.md measures time and protection.
     params: model parameters passed first to ``embed_fn`` / ``activations_fn``, or None; for an ensemble a
       sequence with one entry per member (or None).
     devices: the devices for ``parallel`` (default: every local device).
@@ -852,7 +865,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                      momentum=None if momentum is None else _as_number(momentum, "momentum"),
                      warmup_center_steps=warmup_center_steps, lower=_as_number(lower, "lower"),
                      upper=_as_number(upper, "upper"), solver=solver, dfanet=dfanet,
-                     eot=tuple(n.strip() for n in eot.split(",") if n.strip()) if isinstance(eot, str)
+                     dfanet_clean_once=dfanet_clean_once, eot=tuple(n.strip() for n in eot.split(",") if n.strip()) if isinstance(eot, str)
                      else tuple(eot), eot_samples=eot_samples,
                      eot_rounding=eot_rounding, member_weights=member_weights, ti_width=ti_width,
                      vmi_samples=vmi_samples, vmi_beta=_as_number(vmi_beta, "vmi_beta"),
@@ -867,7 +880,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
   validate_config(cfg, n if method != "fi-uap-all" else k * n, allow_large_epsilon=allow_large_epsilon)
   if height % cfg.mask_cell or width % cfg.mask_cell:
     raise ValueError(f"mask_cell={cfg.mask_cell} must divide the image height and width, got {height}x{width}")
-  cfg = dataclasses.replace(cfg, dfanet=bool(dfanet))
+  cfg = dataclasses.replace(cfg, dfanet=bool(dfanet), dfanet_clean_once=bool(dfanet_clean_once))
   validate_image_values(images)
   if init is not None:
     init = jnp.asarray(init, jnp.float32)

@@ -98,10 +98,11 @@ def uses_mdfa(config) -> bool:
 
 
 def variant_suffix(config, separator: str) -> str:
-  """``mdfa`` (momentum + DFANet), ``eot`` (expectation over transformation) and each transfer technique that is
-  on with its value (e.g. ``ti_width7``, ``di_probability0.5``; :data:`settings.TRANSFER_OPTIONS`) joined by
-  ``separator``."""
-  parts = ["mdfa"] * uses_mdfa(config) + ["eot"] * bool(settings_lib.eot_channels(config))
+  """``mdfa`` (momentum + DFANet), ``clean_once`` (DFANet's clean features taken once), ``eot`` (expectation over
+  transformation) and each transfer technique that is on with its value (e.g. ``ti_width7``,
+  ``di_probability0.5``; :data:`settings.TRANSFER_OPTIONS`) joined by ``separator``."""
+  parts = ["mdfa"] * uses_mdfa(config) + ["clean_once"] * bool(config.get("dfanet_clean_once", False))
+  parts += ["eot"] * bool(settings_lib.eot_channels(config))
   parts += [f"{name}{value:g}" for name, value in settings_lib.transfer_options(config).items()]
   return "".join(separator + p for p in parts)
 

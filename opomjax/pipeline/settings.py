@@ -88,6 +88,8 @@ def mask_options(config, method: str) -> dict:
   options = dict(
       method=method, epsilon=float(config.epsilon), step_size=float(config.step_size), steps=int(config.steps),
       momentum=float(config.momentum) if config.momentum else None, dfanet=float(config.dropout) > 0)
+  if config.get("dfanet_clean_once", False):  # passed only when on, so that earlier records stay valid
+    options["dfanet_clean_once"] = bool(config.dfanet_clean_once)
   weights = ensemble_weights(config)
   if weights:
     options["surrogate_weights"] = weights
@@ -143,6 +145,8 @@ def generation_settings(config, method: str) -> dict:
     settings["ensemble_weights"] = list(options["surrogate_weights"])
   if options["dfanet"]:  # the keep-mask generator decides the masks too
     settings["dropout_generator"] = dropout.GENERATOR
+  if options.get("dfanet_clean_once"):
+    settings["dfanet_clean_once"] = True
   settings.update({k: options[k] for k in TRANSFER_OPTIONS if k in options})
   if "eot" in options:  # recorded only when on, so that masks made before EOT existed keep their record
     settings.update(eot=",".join(options["eot"]), eot_samples=options["eot_samples"],
