@@ -865,7 +865,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                      momentum=None if momentum is None else _as_number(momentum, "momentum"),
                      warmup_center_steps=warmup_center_steps, lower=_as_number(lower, "lower"),
                      upper=_as_number(upper, "upper"), solver=solver, dfanet=dfanet,
-                     dfanet_clean_once=dfanet_clean_once, eot=tuple(n.strip() for n in eot.split(",") if n.strip()) if isinstance(eot, str)
+                     dfanet_clean_once=dfanet_clean_once,
+                     eot=tuple(n.strip() for n in eot.split(",") if n.strip()) if isinstance(eot, str)
                      else tuple(eot), eot_samples=eot_samples,
                      eot_rounding=eot_rounding, member_weights=member_weights, ti_width=ti_width,
                      vmi_samples=vmi_samples, vmi_beta=_as_number(vmi_beta, "vmi_beta"),
