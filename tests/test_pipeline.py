@@ -788,3 +788,20 @@ def test_out_of_memory_in_a_group_is_one_line_naming_the_group_size_and_keeps_fi
   monkeypatch.setattr(opomjax, "generate_masks", other_failure)
   with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):  # not every runtime error is memory
     runner.generate_all(toy_config(methods="fi-uap"), tmp_path / "other", protocol=toy_protocol())
+
+
+def test_mid_feature_term_gets_the_surrogate_activations_is_recorded_and_names_the_run(tmp_path, toy_run,
+                                                                                       monkeypatch):
+  import opomjax
+  seen = []
+  real = opomjax.generate_masks
+  monkeypatch.setattr(opomjax, "generate_masks", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+  config = toy_config(methods="fi-uap", steps=1, momentum=0.0, dropout=0.0, mid_feature_weight=0.5)
+  workdirs = runner.generate_all(config, tmp_path, protocol=toy_protocol())
+  assert workdirs["fi-uap"].name == "fi-uap-dlib_resnet-mid_feature_weight0.5"
+  assert seen and all(kw["mid_feature_weight"] == 0.5 and callable(kw["activations_fn"]) for kw in seen)
+  _, meta = masks.load_identity_mask(workdirs["fi-uap"], "synthetic_0000")
+  assert meta["settings"]["mid_feature_weight"] == 0.5 and "mid_feature_depth" not in meta["settings"]
+  with pytest.raises(ValueError, match="mid_feature_depth must lie in"):
+    runner.generate_all(toy_config(methods="fi-uap", steps=1, momentum=0.0, dropout=0.0, mid_feature_weight=0.5,
+                                   mid_feature_depth=2.0), tmp_path / "bad", protocol=toy_protocol())

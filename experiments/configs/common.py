@@ -59,6 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.ssa_rho = 0.0  # SSA: DCT coefficients rescaled in [1 - rho, 1 + rho] after noise sigma = epsilon; 0 = off
   config.input_samples = 1  # random draws of DI / SSA per step without EOT (with EOT: eot_samples)
   config.mask_cell = 1  # low-frequency mask: a grid of mask_cell x mask_cell-pixel cells upsampled; 1 = off
+  config.mid_feature_weight = 0.0  # weight of the intermediate-feature distortion in each objective; 0 = off
+  config.mid_feature_depth = 0.5  # its activation, as a relative depth among the recorded ones (0.5 = middle)
   config.seed = 0
   config.allow_large_epsilon = False  # epsilon above 32 (0-255 units) is refused unless this is True
   config.allow_random_weights = False  # surrogates/targets without real weights are refused unless True

@@ -106,6 +106,10 @@ class AscentConfig:
       draws, each through a channel and then SSA and DI).
     mask_cell: the mask is a grid of ``mask_cell x mask_cell`` cells upsampled bilinearly to the image (a
       low-frequency mask); 1: every pixel free.
+    mid_feature_weight: weight of the intermediate-feature term added to each surrogate's objective
+      (:func:`opomjax.core.objectives.mid_feature_distortion`); 0: off.
+    mid_feature_depth: which recorded activation that term reads, as a relative depth in ``[0, 1]``
+      (:func:`opomjax.core.objectives.mid_layer_index`).
   """
 
   method: str = "opom-convex"
@@ -131,6 +135,8 @@ class AscentConfig:
   ssa_rho: float = 0.0
   input_samples: int = 1
   mask_cell: int = 1
+  mid_feature_weight: float = 0.0
+  mid_feature_depth: float = 0.5
 
 
 class AscentState(NamedTuple):
@@ -193,14 +199,35 @@ def members(net: Surrogate) -> tuple[Network, ...]:
   return (net,) if isinstance(net, Network) else tuple(net)
 
 
-def clean_features(net: Surrogate, images: jax.Array, key: jax.Array | None):
+def uses_mid_features(cfg: AscentConfig) -> bool:
+  """Whether each surrogate's objective has the intermediate-feature term (it needs their activations)."""
+  return cfg.mid_feature_weight > 0
+
+
+def member_clean(cfg: AscentConfig | None, member: Network, images: jax.Array, key: jax.Array | None):
+  """One surrogate's clean features ``(n, d)`` (no gradient); with the intermediate-feature term of ``cfg`` the
+  pair ``(features, activation)``, the activation at ``cfg.mid_feature_depth``."""
+  features = jax.lax.stop_gradient(member.embed(images, key))
+  if cfg is None or not uses_mid_features(cfg):
+    return features
+  return features, jax.lax.stop_gradient(mid_activation(cfg, member, images, key))
+
+
+def mid_activation(cfg: AscentConfig, member: Network, images: jax.Array, key: jax.Array | None) -> jax.Array:
+  """The recorded activation of ``member`` at relative depth ``cfg.mid_feature_depth``."""
+  acts = member.activations(images, key)
+  return acts[objectives.mid_layer_index(len(acts), cfg.mid_feature_depth)]
+
+
+def clean_features(net: Surrogate, images: jax.Array, key: jax.Array | None, cfg: AscentConfig | None = None):
   """Clean features ``(n, d)`` of ``images`` (no gradient); for an ensemble a tuple, one ``(n, d_m)`` per member
-  (under DFANet each member draws its dropout from its own key, split from ``key``)."""
+  (under DFANet each member draws its dropout from its own key, split from ``key``). With the
+  intermediate-feature term of ``cfg`` each member's entry is the pair of :func:`member_clean`."""
   nets = members(net)
   if isinstance(net, Network):
-    return jax.lax.stop_gradient(net.embed(images, key))
+    return member_clean(cfg, net, images, key)
   keys = [None] * len(nets) if key is None else list(jax.random.split(key, len(nets)))
-  return tuple(jax.lax.stop_gradient(m.embed(images, k)) for m, k in zip(nets, keys))
+  return tuple(member_clean(cfg, m, images, k) for m, k in zip(nets, keys))
 
 
 def feature_objective(cfg: AscentConfig, adv: jax.Array, clean: jax.Array, t: jax.Array) -> jax.Array:
@@ -226,10 +253,17 @@ def feature_objective(cfg: AscentConfig, adv: jax.Array, clean: jax.Array, t: ja
 
 def image_objective(cfg: AscentConfig, net: Network, masked: jax.Array, clean: jax.Array | None,
                     t: jax.Array, key: jax.Array | None) -> jax.Array:
-  """J of the masked images ``(n, H, W, 3)`` of one identity (the function whose gradient is taken)."""
+  """J of the masked images ``(n, H, W, 3)`` of one identity (the function whose gradient is taken): the
+  method's objective, plus ``mid_feature_weight`` times the intermediate-feature distortion when it is on
+  (``clean`` is then the pair of :func:`member_clean`)."""
   if cfg.method == "gd-uap":
     return objectives.gd_uap(net.activations(masked, key))
-  return feature_objective(cfg, net.embed(masked, key), clean, t)
+  if not uses_mid_features(cfg):
+    return feature_objective(cfg, net.embed(masked, key), clean, t)
+  clean_features_, clean_activation = clean
+  value = feature_objective(cfg, net.embed(masked, key), clean_features_, t)
+  distortion = objectives.mid_feature_distortion(mid_activation(cfg, net, masked, key), clean_activation)
+  return value + cfg.mid_feature_weight * distortion
 
 
 def ascent_step(cfg: AscentConfig, net: Surrogate, images: jax.Array, clean: Any,
@@ -256,7 +290,7 @@ def ascent_step(cfg: AscentConfig, net: Surrogate, images: jax.Array, clean: Any
   if cfg.dfanet:
     adv_key, clean_key = jax.random.split(jax.random.fold_in(key, t))
     if cfg.method != "gd-uap" and not cfg.dfanet_clean_once:
-      clean = clean_features(net, images, clean_key)
+      clean = clean_features(net, images, clean_key, cfg)
     adv_keys = (adv_key,) if len(nets) == 1 else tuple(jax.random.split(adv_key, len(nets)))
   else:
     adv_keys = (None,) * len(nets)
@@ -353,7 +387,7 @@ def identity_mask(cfg: AscentConfig, net: Network, images: jax.Array, delta0: ja
   Returns:
     The mask ``(H, W, 3)`` and the objective before each step ``(steps,)``.
   """
-  clean = clean_features(net, images, None) if needs_clean_features(cfg) else None
+  clean = clean_features(net, images, None, cfg) if needs_clean_features(cfg) else None
   step = functools.partial(ascent_step, cfg, net, images, clean, key)
   state, trace = jax.lax.scan(step, initial_state(cfg, delta0), jnp.arange(cfg.steps, dtype=jnp.int32))
   return mask_from_grid(cfg, state.delta, images.shape[-3], images.shape[-2]), trace
@@ -420,12 +454,13 @@ def make_network(embed_fn: EmbedFn | tuple[EmbedFn, ...], activations_fn: Any, p
   return Network(adapt(embed_fn), adapt(activations_fn))
 
 
-def identities_clean(cfg: AscentConfig, embed_fn: EmbedFn | tuple[EmbedFn, ...], params: Any,
-                     images: jax.Array) -> Any:
+def identities_clean(cfg: AscentConfig, embed_fn: EmbedFn | tuple[EmbedFn, ...], activations_fn: Any,
+                     params: Any, images: jax.Array) -> Any:
   """The per-device function of the clean features: ``(k, n, d)`` for ``images`` ``(k, n, H, W, 3)`` (for an
-  ensemble a tuple, one ``(k, n, d_m)`` per member)."""
-  net = make_network(embed_fn, None, params, cfg.dfanet)
-  return jax.vmap(lambda x: clean_features(net, x, None))(images)
+  ensemble a tuple, one ``(k, n, d_m)`` per member; with the intermediate-feature term, pairs with the clean
+  activations, :func:`member_clean`)."""
+  net = make_network(embed_fn, activations_fn, params, cfg.dfanet)
+  return jax.vmap(lambda x: clean_features(net, x, None, cfg))(images)
 
 
 def identities_segment(cfg: AscentConfig, length: int, embed_fn: EmbedFn, activations_fn: EmbedFn | None,
@@ -466,7 +501,7 @@ def _cached_runner(cfg: AscentConfig, embed_fn: EmbedFn, activations_fn: EmbedFn
 
 def _build_runner(cfg, embed_fn, activations_fn, parallel, devices, segment=None):
   if segment is None:
-    fn = lambda params, images: identities_clean(cfg, embed_fn, params, images)
+    fn = lambda params, images: identities_clean(cfg, embed_fn, activations_fn, params, images)
   else:
     fn = functools.partial(identities_segment, cfg, segment, embed_fn, activations_fn)
   return parallel_lib.distribute(fn, parallel, devices)
@@ -600,6 +635,8 @@ def validate_config(cfg: AscentConfig, n_images: int, *, allow_large_epsilon: bo
     if cfg.eot_rounding not in transfer.ROUNDINGS:
       raise ValueError(f"eot_rounding must be one of {transfer.ROUNDINGS}, got {cfg.eot_rounding!r}")
   validate_transfer_options(cfg)
+  if cfg.method == "gd-uap" and cfg.mid_feature_weight > 0:
+    raise ValueError("mid_feature_weight does not apply to gd-uap (its objective is already on the activations)")
   if cfg.method == "opom-convex":
     if np.isnan(cfg.lower) or np.isnan(cfg.upper):
       raise ValueError(f"lower and upper must be numbers, got lower={cfg.lower}, upper={cfg.upper}")
@@ -628,6 +665,12 @@ def validate_transfer_options(cfg: AscentConfig) -> None:
     raise ValueError(f"input_samples must be a positive integer, got {cfg.input_samples!r}")
   if not _is_integer(cfg.mask_cell) or cfg.mask_cell < 1:
     raise ValueError(f"mask_cell must be a positive integer (1: every pixel free), got {cfg.mask_cell!r}")
+  if not np.isfinite(cfg.mid_feature_weight) or cfg.mid_feature_weight < 0:
+    raise ValueError(f"mid_feature_weight must be a non-negative finite number (0: off), got "
+                     f"{cfg.mid_feature_weight}")
+  if not 0.0 <= cfg.mid_feature_depth <= 1.0:
+    raise ValueError(f"mid_feature_depth must lie in [0, 1] (0: the first recorded activation, 1: the last), "
+                     f"got {cfg.mid_feature_depth}")
 
 
 def _describe_bad_identities(bad_per_identity: np.ndarray) -> str:
@@ -747,7 +790,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    steps_per_call: int | None = None, eot: Sequence[str] = (), eot_samples: int = 4,
                    eot_rounding: str = "ste", surrogate_weights: Sequence[float] | None = None,
                    ti_width: int = 1, vmi_samples: int = 0, vmi_beta: float = 1.5, di_probability: float = 0.0,
-                   si_copies: int = 1, ssa_rho: float = 0.0, input_samples: int = 1, mask_cell: int = 1):
+                   si_copies: int = 1, ssa_rho: float = 0.0, input_samples: int = 1, mask_cell: int = 1,
+                   mid_feature_weight: float = 0.0, mid_feature_depth: float = 0.5):
   """One universal privacy mask per identity (OPOM and the methods it is compared with).
 
   The steps of every identity are vmapped over identities and optionally spread over every local device
@@ -827,6 +871,11 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     input_samples: random draws of DI and SSA per step (without ``eot``; with it, ``eot_samples``).
     mask_cell: a low-frequency mask: the ascent moves a grid of ``mask_cell x mask_cell``-pixel cells and the
       mask is that grid upsampled bilinearly (``H`` and ``W`` must be multiples of it); 1: every pixel free.
+    mid_feature_weight: intermediate-feature distortion: each surrogate's objective gains this weight times
+      the relative change of one of its intermediate activations
+      (:func:`opomjax.core.objectives.mid_feature_distortion`); needs ``activations_fn``; 0: off.
+    mid_feature_depth: the activation that term reads, as a relative depth in ``[0, 1]`` among those
+      ``activations_fn`` returns (0.5: the middle one).
 
   Returns:
     Masks ``(k, H, W, 3)`` float32 with ``|mask| <= epsilon`` (``"fi-uap-all"``: the same mask for every
@@ -848,6 +897,9 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                                                                   surrogate_weights)
   if method == "gd-uap" and activations_fn is None:
     raise ValueError('method="gd-uap" needs activations_fn (images -> list of layer activations)')
+  if mid_feature_weight and activations_fn is None:
+    raise ValueError("mid_feature_weight > 0 needs activations_fn (images -> list of layer activations), one per "
+                     "surrogate")
   if parallel not in parallel_lib.PARALLEL_MODES:
     raise ValueError(f"parallel must be one of {parallel_lib.PARALLEL_MODES}, got {parallel!r}")
   if devices is not None and not list(devices):
@@ -871,7 +923,9 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                      eot_rounding=eot_rounding, member_weights=member_weights, ti_width=ti_width,
                      vmi_samples=vmi_samples, vmi_beta=_as_number(vmi_beta, "vmi_beta"),
                      di_probability=_as_number(di_probability, "di_probability"), si_copies=si_copies,
-                     ssa_rho=_as_number(ssa_rho, "ssa_rho"), input_samples=input_samples, mask_cell=mask_cell)
+                     ssa_rho=_as_number(ssa_rho, "ssa_rho"), input_samples=input_samples, mask_cell=mask_cell,
+                     mid_feature_weight=_as_number(mid_feature_weight, "mid_feature_weight"),
+                     mid_feature_depth=_as_number(mid_feature_depth, "mid_feature_depth"))
   if not isinstance(images, jax.Array):
     try:
       images = np.asarray(images)

@@ -225,6 +225,48 @@ def gd_uap(activations: Sequence[jax.Array]) -> jax.Array:
   return jnp.mean(total)
 
 
+def mid_layer_index(count: int, depth: float) -> int:
+  """The index of the layer at relative ``depth`` in ``[0, 1]`` among ``count`` recorded activations
+  (0: the first, 1: the last), rounded to the nearest; the same fraction picks a comparable stage in networks
+  of different depth (the models record one activation per resolution stage)."""
+  if count < 1:
+    raise ValueError("mid_layer_index: no recorded activations")
+  if not 0.0 <= depth <= 1.0:
+    raise ValueError(f"mid_layer_index: depth must lie in [0, 1], got {depth}")
+  return int(round(depth * (count - 1)))
+
+
+def mid_feature_distortion(adv: jax.Array, clean: jax.Array) -> jax.Array:
+  """Relative distortion of an intermediate feature map: the transferable part of a perturbation.
+
+  .. math::
+
+     J_{\\mathrm{mid}} = \\frac{1}{n} \\sum_{i=1}^{n}
+       \\frac{\\lVert a_l(x_i + \\delta) - a_l(x_i) \\rVert_2}{\\lVert a_l(x_i) \\rVert_2}
+
+  Intermediate features are shared far more between networks than their embeddings, so pushing them away
+  from the clean ones transfers better than moving the embedding alone (Zhou et al., "Transferable
+  Adversarial Perturbations", ECCV 2018, who maximise this distance on intermediate layers; Huang et al.,
+  "Enhancing Adversarial Example Transferability with an Intermediate Level Attack", ICCV 2019). Divided by
+  the clean norm, the term has no units, so it adds to the OPOM objectives (distances of unit features)
+  with one weight for networks whose activations differ in scale.
+
+  Args:
+    adv: ``(n, ...)`` layer ``l``'s activations of the masked images.
+    clean: ``(n, ...)`` the same layer's activations of the clean images (constants).
+
+  Returns:
+    The scalar to maximise.
+  """
+  if adv.shape != clean.shape:
+    raise ValueError(f"mid_feature_distortion: shapes differ, {adv.shape} and {clean.shape}")
+  diff = (adv - clean).reshape(adv.shape[0], -1)
+  base = clean.reshape(clean.shape[0], -1)
+  change = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=-1), _EPS * _EPS))
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(base * base, axis=-1), _EPS * _EPS))
+  return jnp.mean(change / norm)
+
+
 def diversity(adv: jax.Array) -> jax.Array:
   """Diversity of several masks of one person (Eq. 19): how far apart their masked features lie.
 

@@ -224,7 +224,7 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
             jnp.asarray(protocol.train[idx], jnp.float32),
             params=surrogate_params(model),
             key=jax.random.fold_in(jax.random.PRNGKey(config.seed), g),
-            activations_fn=activations_fn if method == "gd-uap" else None,
+            activations_fn=activations_fn if method == "gd-uap" or options.get("mid_feature_weight") else None,
             parallel=None if config.parallel in ("", "none", None) else config.parallel,
             allow_large_epsilon=bool(config.get("allow_large_epsilon", False)),
             **options,

@@ -1,0 +1,108 @@
+"""The intermediate-feature term of the objectives (objectives.mid_feature_distortion in the ascent), checked
+against numpy loops and against the objectives computed by hand outside the ascent's plumbing."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from opomjax.core import ascent
+from opomjax.core import objectives
+from tests.test_ascent import EPS, IMAGES, PARAMS, SIZE, activations, apply_embed, embed, tiny_model
+
+
+def test_distortion_equals_a_numpy_loop_over_images():
+  rng = np.random.default_rng(0)
+  clean = rng.normal(size=(4, 5, 5, 3)).astype(np.float32)
+  adv = clean + 0.3 * rng.normal(size=clean.shape).astype(np.float32)
+  expected = np.mean([np.linalg.norm(a - c) / np.linalg.norm(c) for a, c in zip(adv, clean)])
+  got = float(objectives.mid_feature_distortion(jnp.asarray(adv), jnp.asarray(clean)))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # No units: scaling both activations leaves it unchanged.
+  np.testing.assert_allclose(float(objectives.mid_feature_distortion(jnp.asarray(7 * adv), jnp.asarray(7 * clean))),
+                             expected, rtol=1e-5)
+
+
+def test_distortion_refuses_activations_of_different_shapes():
+  with pytest.raises(ValueError, match="shapes differ"):
+    objectives.mid_feature_distortion(jnp.zeros((2, 4)), jnp.zeros((2, 5)))
+
+
+@pytest.mark.parametrize("count, depth, index", [(5, 0.0, 0), (5, 1.0, 4), (5, 0.5, 2), (4, 0.5, 2), (2, 0.4, 0),
+                                                 (1, 0.5, 0)])
+def test_mid_layer_index_picks_the_layer_at_that_relative_depth(count, depth, index):
+  assert objectives.mid_layer_index(count, depth) == index
+
+
+def run(**options):
+  kw = dict(method="opom-center", epsilon=EPS, step_size=2.0, steps=3, key=jax.random.key(7), return_trace=True,
+            activations_fn=activations)
+  kw.update(options)
+  return ascent.generate_masks(embed, IMAGES, **kw)
+
+
+@pytest.mark.parametrize("depth, layer", [(0.0, 0), (1.0, 1)])
+def test_first_step_objective_is_the_method_plus_the_weighted_distortion(depth, layer):
+  weight = 0.7
+  init = jax.random.uniform(jax.random.key(3), (IMAGES.shape[0], SIZE, SIZE, 3), jnp.float32, -EPS, EPS)
+  _, trace = run(init=init, mid_feature_weight=weight, mid_feature_depth=depth)
+  for k in range(IMAGES.shape[0]):
+    masked = jnp.clip(IMAGES[k] + init[k], 0.0, 255.0)
+    by_hand = objectives.opom_class_center(embed(masked), embed(IMAGES[k])) + weight * np.mean(
+        [np.linalg.norm(a - c) / np.linalg.norm(c) for a, c in
+         zip(np.asarray(activations(masked)[layer]), np.asarray(activations(IMAGES[k])[layer]))])
+    np.testing.assert_allclose(float(trace[k, 0]), float(by_hand), rtol=1e-5)
+
+
+def test_term_changes_the_masks_keeps_them_in_budget_and_is_deterministic():
+  plain, _ = run()
+  masks, trace = run(mid_feature_weight=2.0)
+  again, _ = run(mid_feature_weight=2.0)
+  assert float(jnp.abs(masks).max()) <= EPS and bool(jnp.all(jnp.isfinite(trace)))
+  np.testing.assert_array_equal(np.asarray(masks), np.asarray(again))
+  assert np.any(np.asarray(plain) != np.asarray(masks))
+  # Weight 0 is the method alone, bit for bit, with or without activations_fn.
+  np.testing.assert_array_equal(np.asarray(run(mid_feature_weight=0.0, activations_fn=None)[0]), np.asarray(plain))
+
+
+def test_term_rises_under_momentum_and_dfanet_with_its_clean_activations_taken_per_step():
+  masks, trace = run(mid_feature_weight=1.0, momentum=1.0, dfanet=True, steps=4)
+  assert float(jnp.abs(masks).max()) <= EPS and bool(jnp.all(jnp.isfinite(trace)))
+  once, _ = run(mid_feature_weight=1.0, momentum=1.0, dfanet=True, steps=4, dfanet_clean_once=True)
+  assert np.any(np.asarray(once) != np.asarray(masks))
+
+
+def test_ensemble_of_one_equals_the_single_surrogate_with_the_term():
+  single, _ = run(mid_feature_weight=1.0)
+  one, _ = ascent.generate_masks((apply_embed,), IMAGES, method="opom-center", epsilon=EPS, step_size=2.0, steps=3,
+                                 key=jax.random.key(7), return_trace=True, params=(PARAMS,),
+                                 activations_fn=(lambda p, x, key=None: tiny_model()[0](p, x, key)[1],),
+                                 mid_feature_weight=1.0)
+  np.testing.assert_array_equal(np.asarray(one), np.asarray(single))
+
+
+def test_ensemble_members_each_read_their_own_activations():
+  apply2, params2 = tiny_model(seed=5)
+  acts = lambda apply: (lambda p, x, key=None: apply(p, x, key)[1])
+  emb = lambda apply: (lambda p, x, key=None: apply(p, x, key)[0])
+  kw = dict(method="opom-center", epsilon=EPS, step_size=2.0, steps=3, key=jax.random.key(7),
+            params=(PARAMS, params2))
+  plain = ascent.generate_masks((apply_embed, emb(apply2)), IMAGES, **kw)
+  masks = ascent.generate_masks((apply_embed, emb(apply2)), IMAGES, activations_fn=(acts(tiny_model()[0]),
+                                                                                    acts(apply2)),
+                                mid_feature_weight=1.0, **kw)
+  assert float(jnp.abs(masks).max()) <= EPS and np.any(np.asarray(plain) != np.asarray(masks))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(activations_fn=None), "needs activations_fn"),
+    (dict(mid_feature_weight=-1.0), "mid_feature_weight must be a non-negative"),
+    (dict(mid_feature_weight=float("nan")), "mid_feature_weight must be a non-negative"),
+    (dict(mid_feature_depth=1.5), "mid_feature_depth must lie in"),
+    (dict(method="gd-uap"), "does not apply to gd-uap"),
+])
+def test_bad_arguments_raise_one_line_naming_them(change, match):
+  with pytest.raises(ValueError, match=match):
+    run(**{"mid_feature_weight": 1.0, **change})
