@@ -50,9 +50,9 @@ def test_first_step_objective_is_the_method_plus_the_weighted_distortion(depth, 
   _, trace = run(init=init, mid_feature_weight=weight, mid_feature_depth=depth)
   for k in range(IMAGES.shape[0]):
     masked = jnp.clip(IMAGES[k] + init[k], 0.0, 255.0)
-    by_hand = objectives.opom_class_center(embed(masked), embed(IMAGES[k])) + weight * np.mean(
-        [np.linalg.norm(a - c) / np.linalg.norm(c) for a, c in
-         zip(np.asarray(activations(masked)[layer]), np.asarray(activations(IMAGES[k])[layer]))])
+    distortion = np.mean([np.linalg.norm(a - c) / np.linalg.norm(c) for a, c in
+                          zip(np.asarray(activations(masked)[layer]), np.asarray(activations(IMAGES[k])[layer]))])
+    by_hand = (objectives.opom_class_center(embed(masked), embed(IMAGES[k])) + weight * distortion) / (1 + weight)
     np.testing.assert_allclose(float(trace[k, 0]), float(by_hand), rtol=1e-5)
 
 
@@ -106,3 +106,20 @@ def test_ensemble_members_each_read_their_own_activations():
 def test_bad_arguments_raise_one_line_naming_them(change, match):
   with pytest.raises(ValueError, match=match):
     run(**{"mid_feature_weight": 1.0, **change})
+
+
+def test_first_step_follows_the_normalised_gradients_of_both_terms():
+  """One step without momentum: the sign of g_J / mean|g_J| + w g_mid / mean|g_mid|, each gradient taken by hand
+  on the identity's masked images (the mean over images as in Alg. 1)."""
+  weight = 0.5
+  init = jax.random.uniform(jax.random.key(4), (IMAGES.shape[0], SIZE, SIZE, 3), jnp.float32, -EPS, EPS)
+  masks, _ = run(init=init, steps=1, mid_feature_weight=weight, mid_feature_depth=1.0)
+  for k in range(IMAGES.shape[0]):
+    clean, clean_act = embed(IMAGES[k]), activations(IMAGES[k])[1]
+    masked = jnp.clip(IMAGES[k] + init[k], 0.0, 255.0)
+    g_obj = np.asarray(jax.grad(lambda x: objectives.opom_class_center(embed(x), clean))(masked))
+    g_mid = np.asarray(jax.grad(lambda x: objectives.mid_feature_distortion(activations(x)[1], clean_act))(masked))
+    direction = (g_obj / np.abs(g_obj).mean() + weight * g_mid / np.abs(g_mid).mean()).mean(axis=0)
+    expected = np.clip(np.asarray(init[k]) + 2.0 * np.sign(direction), -EPS, EPS)
+    decided = np.abs(direction) > 1e-6 * np.abs(direction).max()  # away from ties of the sign
+    np.testing.assert_allclose(np.asarray(masks[k])[decided], expected[decided], atol=1e-5)

@@ -106,8 +106,9 @@ class AscentConfig:
       draws, each through a channel and then SSA and DI).
     mask_cell: the mask is a grid of ``mask_cell x mask_cell`` cells upsampled bilinearly to the image (a
       low-frequency mask); 1: every pixel free.
-    mid_feature_weight: weight of the intermediate-feature term added to each surrogate's objective
-      (:func:`opomjax.core.objectives.mid_feature_distortion`); 0: off.
+    mid_feature_weight: weight of the intermediate-feature term beside each surrogate's objective
+      (:func:`opomjax.core.objectives.mid_feature_distortion`; the objective has weight 1, each gradient is
+      normalised first, :func:`member_gradient`); 0: off.
     mid_feature_depth: which recorded activation that term reads, as a relative depth in ``[0, 1]``
       (:func:`opomjax.core.objectives.mid_layer_index`).
   """
@@ -253,17 +254,11 @@ def feature_objective(cfg: AscentConfig, adv: jax.Array, clean: jax.Array, t: ja
 
 def image_objective(cfg: AscentConfig, net: Network, masked: jax.Array, clean: jax.Array | None,
                     t: jax.Array, key: jax.Array | None) -> jax.Array:
-  """J of the masked images ``(n, H, W, 3)`` of one identity (the function whose gradient is taken): the
-  method's objective, plus ``mid_feature_weight`` times the intermediate-feature distortion when it is on
-  (``clean`` is then the pair of :func:`member_clean`)."""
+  """J of the masked images ``(n, H, W, 3)`` of one identity (the function whose gradient is taken); ``clean``
+  the features of :func:`clean_features` (without the intermediate-feature term)."""
   if cfg.method == "gd-uap":
     return objectives.gd_uap(net.activations(masked, key))
-  if not uses_mid_features(cfg):
-    return feature_objective(cfg, net.embed(masked, key), clean, t)
-  clean_features_, clean_activation = clean
-  value = feature_objective(cfg, net.embed(masked, key), clean_features_, t)
-  distortion = objectives.mid_feature_distortion(mid_activation(cfg, net, masked, key), clean_activation)
-  return value + cfg.mid_feature_weight * distortion
+  return feature_objective(cfg, net.embed(masked, key), clean, t)
 
 
 def ascent_step(cfg: AscentConfig, net: Surrogate, images: jax.Array, clean: Any,
@@ -347,8 +342,31 @@ def member_gradient(cfg: AscentConfig, member: Network, clean: jax.Array | None,
                     adv_key: jax.Array | None, input_key: jax.Array | None,
                     masked: jax.Array) -> tuple[jax.Array, jax.Array]:
   """``J`` of one surrogate on the masked images ``(n, H, W, 3)`` and its gradient with respect to them: averaged
-  over SI's scale copies and over the step's random input draws (:func:`input_transform`) when they are on."""
-  objective = lambda x: image_objective(cfg, member, x, clean, t, adv_key)
+  over SI's scale copies and over the step's random input draws (:func:`input_transform`) when they are on.
+
+  With the intermediate-feature term (``clean`` is then the pair of :func:`member_clean`), the method's
+  objective and the distortion :func:`opomjax.core.objectives.mid_feature_distortion` are differentiated
+  apart, on the same input draws, and joined as an ensemble's members are
+  (:func:`opomjax.core.ensemble.combine_member_gradients`, weights ``1`` and ``mid_feature_weight``): each
+  gradient divided by its mean absolute value first, since the objectives (mean squared distances over ``n d``
+  entries) and the relative distortion differ in scale by orders of magnitude.
+  """
+  if uses_mid_features(cfg):
+    clean_features_, clean_activation = clean
+    distortion = lambda x: objectives.mid_feature_distortion(mid_activation(cfg, member, x, adv_key),
+                                                             clean_activation)
+    terms = [averaged_gradient(cfg, lambda x: image_objective(cfg, member, x, clean_features_, t, adv_key),
+                               input_key, masked),
+             averaged_gradient(cfg, distortion, input_key, masked)]
+    return ensemble.combine_member_gradients([v for v, _ in terms], [g for _, g in terms],
+                                             (1.0, cfg.mid_feature_weight))
+  return averaged_gradient(cfg, lambda x: image_objective(cfg, member, x, clean, t, adv_key), input_key, masked)
+
+
+def averaged_gradient(cfg: AscentConfig, objective: Callable[[jax.Array], jax.Array], input_key: jax.Array | None,
+                      masked: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Value and gradient of ``objective`` at the masked images, averaged over SI's scale copies and the step's
+  random input draws (:func:`input_transform`, from ``input_key``) when they are on."""
   if cfg.si_copies > 1:
     plain = objective
     objective = lambda x: jnp.mean(jnp.stack([plain(c) for c in transfer.scale_copies(x, cfg.si_copies)]))
@@ -871,9 +889,10 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     input_samples: random draws of DI and SSA per step (without ``eot``; with it, ``eot_samples``).
     mask_cell: a low-frequency mask: the ascent moves a grid of ``mask_cell x mask_cell``-pixel cells and the
       mask is that grid upsampled bilinearly (``H`` and ``W`` must be multiples of it); 1: every pixel free.
-    mid_feature_weight: intermediate-feature distortion: each surrogate's objective gains this weight times
-      the relative change of one of its intermediate activations
-      (:func:`opomjax.core.objectives.mid_feature_distortion`); needs ``activations_fn``; 0: off.
+    mid_feature_weight: intermediate-feature distortion: beside each surrogate's objective (weight 1), the
+      relative change of one of its intermediate activations with this weight
+      (:func:`opomjax.core.objectives.mid_feature_distortion`), each gradient normalised by its mean absolute
+      value before they are joined (:func:`member_gradient`); needs ``activations_fn``; 0: off.
     mid_feature_depth: the activation that term reads, as a relative depth in ``[0, 1]`` among those
       ``activations_fn`` returns (0.5: the middle one).
 

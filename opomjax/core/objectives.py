@@ -248,8 +248,8 @@ def mid_feature_distortion(adv: jax.Array, clean: jax.Array) -> jax.Array:
   from the clean ones transfers better than moving the embedding alone (Zhou et al., "Transferable
   Adversarial Perturbations", ECCV 2018, who maximise this distance on intermediate layers; Huang et al.,
   "Enhancing Adversarial Example Transferability with an Intermediate Level Attack", ICCV 2019). Divided by
-  the clean norm, the term has no units, so it adds to the OPOM objectives (distances of unit features)
-  with one weight for networks whose activations differ in scale.
+  the clean norm, the term has no units: its value reads the same for networks whose activations differ in
+  scale (the ascent joins its gradient with the method's after normalising both).
 
   Args:
     adv: ``(n, ...)`` layer ``l``'s activations of the masked images.
