@@ -30,7 +30,7 @@ def test_distortion_refuses_activations_of_different_shapes():
     objectives.mid_feature_distortion(jnp.zeros((2, 4)), jnp.zeros((2, 5)))
 
 
-@pytest.mark.parametrize("count, depth, index", [(5, 0.0, 0), (5, 1.0, 4), (5, 0.5, 2), (4, 0.5, 2), (2, 0.4, 0),
+@pytest.mark.parametrize("count, depth, index", [(5, 0.0, 0), (5, 1.0, 4), (5, 0.5, 2), (4, 0.5, 2), (2, 0.4, 0), (2, 0.5, 1),
                                                  (1, 0.5, 0)])
 def test_mid_layer_index_picks_the_layer_at_that_relative_depth(count, depth, index):
   assert objectives.mid_layer_index(count, depth) == index
@@ -123,3 +123,46 @@ def test_first_step_follows_the_normalised_gradients_of_both_terms():
     expected = np.clip(np.asarray(init[k]) + 2.0 * np.sign(direction), -EPS, EPS)
     decided = np.abs(direction) > 1e-6 * np.abs(direction).max()  # away from ties of the sign
     np.testing.assert_allclose(np.asarray(masks[k])[decided], expected[decided], atol=1e-5)
+
+
+def test_projection_equals_a_numpy_loop_and_is_the_distortion_along_the_guide_itself():
+  rng = np.random.default_rng(1)
+  clean = rng.normal(size=(3, 4, 4, 2)).astype(np.float32)
+  guide = clean + 0.5 * rng.normal(size=clean.shape).astype(np.float32)
+  adv = clean + 0.5 * rng.normal(size=clean.shape).astype(np.float32)
+  expected = np.mean([np.vdot(a - c, g - c) / (np.linalg.norm(g - c) * np.linalg.norm(c))
+                      for a, c, g in zip(adv, clean, guide)])
+  got = objectives.mid_feature_projection(jnp.asarray(adv), jnp.asarray(clean), jnp.asarray(guide))
+  np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+  along = objectives.mid_feature_projection(jnp.asarray(guide), jnp.asarray(clean), jnp.asarray(guide))
+  np.testing.assert_allclose(float(along), float(objectives.mid_feature_distortion(jnp.asarray(guide),
+                                                                                   jnp.asarray(clean))), rtol=1e-5)
+
+
+def test_guided_term_starts_from_the_guide_and_reads_its_activations():
+  weight = 3.0
+  guide, _ = run(steps=2)
+  masks, trace = run(init=guide, mid_feature_guide=guide, mid_feature_weight=weight, mid_feature_depth=1.0)
+  assert float(jnp.abs(masks).max()) <= EPS and np.any(np.asarray(masks) != np.asarray(guide))
+  for k in range(IMAGES.shape[0]):  # at the guide, the projection is the guide's own distortion
+    masked = jnp.clip(IMAGES[k] + guide[k], 0.0, 255.0)
+    act, clean_act = np.asarray(activations(masked)[1]), np.asarray(activations(IMAGES[k])[1])
+    along = np.mean([np.linalg.norm(a - c) / np.linalg.norm(c) for a, c in zip(act, clean_act)])
+    by_hand = (objectives.opom_class_center(embed(masked), embed(IMAGES[k])) + weight * along) / (1 + weight)
+    np.testing.assert_allclose(float(trace[k, 0]), float(by_hand), rtol=1e-5)
+  unguided, _ = run(init=guide, mid_feature_weight=weight, mid_feature_depth=1.0)
+  assert np.any(np.asarray(unguided) != np.asarray(masks))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(mid_feature_weight=0.0), "needs mid_feature_weight > 0"),
+    (dict(mid_feature_guide=np.zeros((1, SIZE, SIZE, 3), np.float32)), r"shape \(k, H, W, 3\)"),
+    (dict(mid_feature_guide=np.full((2, SIZE, SIZE, 3), 9.0, np.float32)), "exceeds epsilon"),
+    (dict(mid_feature_guide=np.full((2, SIZE, SIZE, 3), np.nan, np.float32)), "NaN"),
+    (dict(dfanet=True), "needs dfanet_clean_once"),
+    (dict(method="fi-uap-all"), "fi-uap-all"),
+])
+def test_bad_guides_raise_one_line_naming_them(change, match):
+  options = {"mid_feature_weight": 1.0, "mid_feature_guide": np.zeros((2, SIZE, SIZE, 3), np.float32), **change}
+  with pytest.raises(ValueError, match=match):
+    run(**options)

@@ -805,3 +805,31 @@ def test_mid_feature_term_gets_the_surrogate_activations_is_recorded_and_names_t
   with pytest.raises(ValueError, match="mid_feature_depth must lie in"):
     runner.generate_all(toy_config(methods="fi-uap", steps=1, momentum=0.0, dropout=0.0, mid_feature_weight=0.5,
                                    mid_feature_depth=2.0), tmp_path / "bad", protocol=toy_protocol())
+
+
+def test_guided_run_starts_from_the_guide_masks_records_them_and_refuses_missing_ones(tmp_path, toy_run,
+                                                                                      monkeypatch):
+  import opomjax
+  plain = dict(methods="fi-uap", steps=1, momentum=0.0, dropout=0.0)
+  guide_dir = runner.generate_all(toy_config(**plain), tmp_path / "guide", protocol=toy_protocol())["fi-uap"]
+  seen = []
+  real = opomjax.generate_masks
+  monkeypatch.setattr(opomjax, "generate_masks", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+  config = toy_config(mid_feature_weight=1.0, mid_feature_guide=str(guide_dir), **plain)
+  workdir = runner.generate_all(config, tmp_path / "refined", protocol=toy_protocol())["fi-uap"]
+  assert workdir.name == "fi-uap-dlib_resnet-mid_feature_weight1-guided"
+  guide, _ = masks.load_identity_mask(guide_dir, "synthetic_0000")
+  first = seen[0]
+  np.testing.assert_array_equal(np.asarray(first["init"][0]), guide)
+  np.testing.assert_array_equal(np.asarray(first["mid_feature_guide"]), np.asarray(first["init"]))
+  _, meta = masks.load_identity_mask(workdir, "synthetic_0000")
+  assert meta["settings"]["mid_feature_guide"] == str(guide_dir) and meta["settings"]["mid_feature_guide_masks"]
+  (guide_dir / "masks" / masks.identity_filename("synthetic_0001")).unlink()
+  with pytest.raises(FileNotFoundError, match="no usable mask of 'synthetic_0001'"):
+    runner.generate_all(config, tmp_path / "again", protocol=toy_protocol())
+  with pytest.raises(ValueError, match="needs config.mid_feature_weight > 0"):
+    runner.generate_all(toy_config(mid_feature_guide=str(guide_dir), **plain), tmp_path / "x",
+                        protocol=toy_protocol())
+  with pytest.raises(FileNotFoundError, match="no masks/ folder there"):
+    runner.generate_all(toy_config(mid_feature_weight=1.0, mid_feature_guide=str(tmp_path / "nowhere"), **plain),
+                        tmp_path / "y", protocol=toy_protocol())

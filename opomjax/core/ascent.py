@@ -111,6 +111,9 @@ class AscentConfig:
       normalised first, :func:`member_gradient`); 0: off.
     mid_feature_depth: which recorded activation that term reads, as a relative depth in ``[0, 1]``
       (:func:`opomjax.core.objectives.mid_layer_index`).
+    mid_feature_guided: the term is the intermediate-level attack's projection onto the change a guide mask
+      made (:func:`opomjax.core.objectives.mid_feature_projection`; the guide's activations come with the
+      clean features) instead of the distortion.
   """
 
   method: str = "opom-convex"
@@ -138,6 +141,7 @@ class AscentConfig:
   mask_cell: int = 1
   mid_feature_weight: float = 0.0
   mid_feature_depth: float = 0.5
+  mid_feature_guided: bool = False
 
 
 class AscentState(NamedTuple):
@@ -352,12 +356,16 @@ def member_gradient(cfg: AscentConfig, member: Network, clean: jax.Array | None,
   entries) and the relative distortion differ in scale by orders of magnitude.
   """
   if uses_mid_features(cfg):
-    clean_features_, clean_activation = clean
-    distortion = lambda x: objectives.mid_feature_distortion(mid_activation(cfg, member, x, adv_key),
-                                                             clean_activation)
+    clean_features_, clean_activation, *guide = clean
+    if cfg.mid_feature_guided:  # the guide mask's activations follow (generate_masks' mid_feature_guide)
+      term = lambda x: objectives.mid_feature_projection(mid_activation(cfg, member, x, adv_key),
+                                                         clean_activation, guide[0])
+    else:
+      term = lambda x: objectives.mid_feature_distortion(mid_activation(cfg, member, x, adv_key),
+                                                         clean_activation)
     terms = [averaged_gradient(cfg, lambda x: image_objective(cfg, member, x, clean_features_, t, adv_key),
                                input_key, masked),
-             averaged_gradient(cfg, distortion, input_key, masked)]
+             averaged_gradient(cfg, term, input_key, masked)]
     return ensemble.combine_member_gradients([v for v, _ in terms], [g for _, g in terms],
                                              (1.0, cfg.mid_feature_weight))
   return averaged_gradient(cfg, lambda x: image_objective(cfg, member, x, clean, t, adv_key), input_key, masked)
@@ -809,7 +817,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    eot_rounding: str = "ste", surrogate_weights: Sequence[float] | None = None,
                    ti_width: int = 1, vmi_samples: int = 0, vmi_beta: float = 1.5, di_probability: float = 0.0,
                    si_copies: int = 1, ssa_rho: float = 0.0, input_samples: int = 1, mask_cell: int = 1,
-                   mid_feature_weight: float = 0.0, mid_feature_depth: float = 0.5):
+                   mid_feature_weight: float = 0.0, mid_feature_depth: float = 0.5,
+                   mid_feature_guide: jax.Array | None = None):
   """One universal privacy mask per identity (OPOM and the methods it is compared with).
 
   The steps of every identity are vmapped over identities and optionally spread over every local device
@@ -895,6 +904,10 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
       value before they are joined (:func:`member_gradient`); needs ``activations_fn``; 0: off.
     mid_feature_depth: the activation that term reads, as a relative depth in ``[0, 1]`` among those
       ``activations_fn`` returns (0.5: the middle one).
+    mid_feature_guide: ``(k, H, W, 3)`` masks made before (e.g. by this function without the term), within
+      ``epsilon``: the term becomes the intermediate-level attack's projection onto the change each guide mask
+      makes in that activation (:func:`opomjax.core.objectives.mid_feature_projection`); a refinement of the
+      guide, so pass it as ``init`` too. Needs ``mid_feature_weight > 0``; under DFANet ``dfanet_clean_once``.
 
   Returns:
     Masks ``(k, H, W, 3)`` float32 with ``|mask| <= epsilon`` (``"fi-uap-all"``: the same mask for every
@@ -919,6 +932,14 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
   if mid_feature_weight and activations_fn is None:
     raise ValueError("mid_feature_weight > 0 needs activations_fn (images -> list of layer activations), one per "
                      "surrogate")
+  if mid_feature_guide is not None:
+    if not mid_feature_weight:
+      raise ValueError("mid_feature_guide needs mid_feature_weight > 0 (the weight of its projection term)")
+    if dfanet and not dfanet_clean_once:
+      raise ValueError("mid_feature_guide under DFANet needs dfanet_clean_once=True (the guide's activations are "
+                       "taken once, with the clean features)")
+    if method == "fi-uap-all":
+      raise ValueError('mid_feature_guide does not apply to "fi-uap-all" (one pooled mask)')
   if parallel not in parallel_lib.PARALLEL_MODES:
     raise ValueError(f"parallel must be one of {parallel_lib.PARALLEL_MODES}, got {parallel!r}")
   if devices is not None and not list(devices):
@@ -944,7 +965,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                      di_probability=_as_number(di_probability, "di_probability"), si_copies=si_copies,
                      ssa_rho=_as_number(ssa_rho, "ssa_rho"), input_samples=input_samples, mask_cell=mask_cell,
                      mid_feature_weight=_as_number(mid_feature_weight, "mid_feature_weight"),
-                     mid_feature_depth=_as_number(mid_feature_depth, "mid_feature_depth"))
+                     mid_feature_depth=_as_number(mid_feature_depth, "mid_feature_depth"),
+                     mid_feature_guided=mid_feature_guide is not None)
   if not isinstance(images, jax.Array):
     try:
       images = np.asarray(images)
@@ -961,6 +983,15 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     if init.shape != (k, height, width, 3):
       raise ValueError(f"init must have shape (k, H, W, 3) = {(k, height, width, 3)}, got {init.shape}")
     validate_finite_tree(init, "init")
+  if mid_feature_guide is not None:
+    mid_feature_guide = jnp.asarray(mid_feature_guide, jnp.float32)
+    if mid_feature_guide.shape != (k, height, width, 3):
+      raise ValueError(f"mid_feature_guide must have shape (k, H, W, 3) = {(k, height, width, 3)}, got "
+                       f"{mid_feature_guide.shape}")
+    validate_finite_tree(mid_feature_guide, "mid_feature_guide")
+    if float(jnp.abs(mid_feature_guide).max()) > cfg.epsilon * (1 + 1e-6):
+      raise ValueError(f"mid_feature_guide exceeds epsilon={cfg.epsilon:g} (largest |value| "
+                       f"{float(jnp.abs(mid_feature_guide).max()):g}): masks of another budget")
   validate_finite_tree(params, "params")
   images = jnp.asarray(images).astype(jnp.float32)
   if key is None:
@@ -980,6 +1011,11 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
 
   if needs_clean_features(cfg):
     clean = _runner(cfg, embed_fn, activations_fn, parallel, devices)(params, images)
+    if mid_feature_guide is not None:  # each member's entry: (features, activation, the guide's activation)
+      guided = _runner(cfg, embed_fn, activations_fn, parallel, devices)(
+          params, jnp.clip(images + mid_feature_guide[:, None], 0.0, 255.0))
+      join = lambda c, g: (c[0], c[1], g[1])
+      clean = tuple(map(join, clean, guided)) if isinstance(embed_fn, tuple) else join(clean, guided)
     clean = jax.tree_util.tree_map(lambda c: jnp.asarray(jax.device_get(c)), clean)  # small; laid out as the
     # pieces expect, however they shard
   else:  # not read by the steps

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -227,13 +228,13 @@ def gd_uap(activations: Sequence[jax.Array]) -> jax.Array:
 
 def mid_layer_index(count: int, depth: float) -> int:
   """The index of the layer at relative ``depth`` in ``[0, 1]`` among ``count`` recorded activations
-  (0: the first, 1: the last), rounded to the nearest; the same fraction picks a comparable stage in networks
+  (0: the first, 1: the last), rounded to the nearest (halves up); the same fraction picks a comparable stage in networks
   of different depth (the models record one activation per resolution stage)."""
   if count < 1:
     raise ValueError("mid_layer_index: no recorded activations")
   if not 0.0 <= depth <= 1.0:
     raise ValueError(f"mid_layer_index: depth must lie in [0, 1], got {depth}")
-  return int(round(depth * (count - 1)))
+  return int(math.floor(depth * (count - 1) + 0.5))
 
 
 def mid_feature_distortion(adv: jax.Array, clean: jax.Array) -> jax.Array:
@@ -265,6 +266,38 @@ def mid_feature_distortion(adv: jax.Array, clean: jax.Array) -> jax.Array:
   change = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=-1), _EPS * _EPS))
   norm = jnp.sqrt(jnp.maximum(jnp.sum(base * base, axis=-1), _EPS * _EPS))
   return jnp.mean(change / norm)
+
+
+def mid_feature_projection(adv: jax.Array, clean: jax.Array, guide: jax.Array) -> jax.Array:
+  """The intermediate-level attack's projection: how far an intermediate feature map moved along the change a
+  guide perturbation made (Huang et al., "Enhancing Adversarial Example Transferability with an Intermediate
+  Level Attack", ICCV 2019, Eq. 3, per image and relative to the clean norm).
+
+  .. math::
+
+     J_{\\mathrm{ILA}} = \\frac{1}{n} \\sum_{i=1}^{n}
+       \\frac{\\langle a_l(x_i + \\delta) - a_l(x_i),\\; a_l(x_i + \\delta_g) - a_l(x_i) \\rangle}
+            {\\lVert a_l(x_i + \\delta_g) - a_l(x_i) \\rVert_2\\, \\lVert a_l(x_i) \\rVert_2}
+
+  with :math:`\\delta_g` a mask made by another attack (e.g. OPOM's own). It keeps the guide's direction in
+  feature space and only lengthens it, where :func:`mid_feature_distortion` moves the features anywhere.
+
+  Args:
+    adv: ``(n, ...)`` layer ``l``'s activations of the masked images.
+    clean: ``(n, ...)`` of the clean images (constants).
+    guide: ``(n, ...)`` of the images under the guide mask (constants).
+
+  Returns:
+    The scalar to maximise.
+  """
+  if not adv.shape == clean.shape == guide.shape:
+    raise ValueError(f"mid_feature_projection: shapes differ, {adv.shape}, {clean.shape} and {guide.shape}")
+  change = (adv - clean).reshape(adv.shape[0], -1)
+  direction = (guide - clean).reshape(guide.shape[0], -1)
+  base = clean.reshape(clean.shape[0], -1)
+  length = jnp.sqrt(jnp.maximum(jnp.sum(direction * direction, axis=-1), _EPS * _EPS))
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(base * base, axis=-1), _EPS * _EPS))
+  return jnp.mean(jnp.sum(change * direction, axis=-1) / (length * norm))
 
 
 def diversity(adv: jax.Array) -> jax.Array:

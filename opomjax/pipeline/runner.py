@@ -99,11 +99,13 @@ def uses_mdfa(config) -> bool:
 
 def variant_suffix(config, separator: str) -> str:
   """``mdfa`` (momentum + DFANet), ``clean_once`` (DFANet's clean features taken once), ``eot`` (expectation over
-  transformation) and each transfer technique that is on with its value (e.g. ``ti_width7``,
-  ``di_probability0.5``; :data:`settings.TRANSFER_OPTIONS`) joined by ``separator``."""
+  transformation), each transfer technique that is on with its value (e.g. ``ti_width7``,
+  ``di_probability0.5``; :data:`settings.TRANSFER_OPTIONS`) and ``guided`` (refined from earlier masks,
+  ``mid_feature_guide``) joined by ``separator``."""
   parts = ["mdfa"] * uses_mdfa(config) + ["clean_once"] * bool(config.get("dfanet_clean_once", False))
   parts += ["eot"] * bool(settings_lib.eot_channels(config))
   parts += [f"{name}{value:g}" for name, value in settings_lib.transfer_options(config).items()]
+  parts += ["guided"] * bool(config.get("mid_feature_guide", ""))
   return "".join(separator + p for p in parts)
 
 
@@ -157,6 +159,30 @@ def surrogate_params(model):
   return tuple(m.params for m in model) if isinstance(model, tuple) else model.params
 
 
+def guide_masks(config, protocol, method: str) -> np.ndarray | None:
+  """The masks ``config.mid_feature_guide`` names (a method's workdir from an earlier run), ``(k, H, W, 3)`` in
+  the protocol's identity order, or None when it is empty; one line (FileNotFoundError, ValueError) when a mask
+  is missing or was made for another frame or a larger budget (the folder and the weight are checked by
+  :func:`opomjax.pipeline.validate.check_config` before anything is loaded)."""
+  where = str(config.get("mid_feature_guide", "") or "")
+  if not where:
+    return None
+  if method == "fi-uap-all":
+    raise ValueError('config.mid_feature_guide does not apply to "fi-uap-all" (one pooled mask)')
+  guides = []
+  for name in protocol.names:
+    try:
+      mask, meta = masks_lib.load_identity_mask(where, name)
+    except (FileNotFoundError, masks_lib.MaskFileError) as err:
+      raise FileNotFoundError(f"config.mid_feature_guide={where!r}: no usable mask of {name!r} ({err})") from None
+    if meta.get("frame") != protocol.frame_name or float(meta.get("epsilon", np.inf)) > float(config.epsilon):
+      raise ValueError(f"config.mid_feature_guide={where!r}: the mask of {name!r} was made for frame "
+                       f"{meta.get('frame')!r} and epsilon {meta.get('epsilon')}, not {protocol.frame_name!r} and "
+                       f"{float(config.epsilon):g}")
+    guides.append(mask)
+  return np.stack(guides).astype(np.float32)
+
+
 def expected_settings(config, protocol, method: str, group: int, indices, surrogate_fingerprint=None) -> dict:
   """The settings record of the masks of group ``group`` (config settings + data settings)."""
   return {**settings_lib.generation_settings(config, method),
@@ -196,6 +222,7 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
   apply_fn, activations_fn = surrogate_fns(model, config)
   options = settings_lib.mask_options(config, method)
   fingerprint = surrogate_fingerprint(model)
+  guides = guide_masks(config, protocol, method)
   metadata = dict(
       frame=protocol.frame_name, epsilon=float(config.epsilon), method=method,
       surrogate=settings_lib.surrogate_label(config),
@@ -206,6 +233,8 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
   plan = []  # (group, indices, pending indices, settings) -- every existing mask checked before any work
   for g, idx in groups:
     expected = expected_settings(config, protocol, method, g, idx, fingerprint)
+    if guides is not None:  # the refined masks belong to these guide masks
+      expected["mid_feature_guide_masks"] = features_lib.fingerprint(guides[idx])
     pending = [i for i in idx if not reusable_mask(masks_lib.mask_path(workdir, names[i]), names[i], expected)]
     plan.append((g, idx, pending, expected))
   mine = sum(len(idx) for _, idx in groups)
@@ -227,6 +256,7 @@ def generate(config, protocol, model, workdir, *, method: str, show_progress: bo
             activations_fn=activations_fn if method == "gd-uap" or options.get("mid_feature_weight") else None,
             parallel=None if config.parallel in ("", "none", None) else config.parallel,
             allow_large_epsilon=bool(config.get("allow_large_epsilon", False)),
+            **({} if guides is None else dict(init=guides[idx], mid_feature_guide=guides[idx])),
             **options,
         ))
       except jax.errors.JaxRuntimeError as err:

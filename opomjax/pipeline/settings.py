@@ -149,6 +149,8 @@ def generation_settings(config, method: str) -> dict:
   if options.get("dfanet_clean_once"):
     settings["dfanet_clean_once"] = True
   settings.update({k: options[k] for k in TRANSFER_OPTIONS if k in options})
+  if config.get("mid_feature_guide", ""):  # the guide masks' content is recorded per group (runner.generate)
+    settings["mid_feature_guide"] = str(config.mid_feature_guide)
   if "eot" in options:  # recorded only when on, so that masks made before EOT existed keep their record
     settings.update(eot=",".join(options["eot"]), eot_samples=options["eot_samples"],
                     eot_rounding=options["eot_rounding"])

@@ -199,6 +199,12 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True, da
     ascent.validate_transfer_options(ascent.AscentConfig(**settings_lib.transfer_options(config)))
   except (TypeError, ValueError) as err:
     raise ValueError(f"config.{err}") from None
+  guide = str(config.get("mid_feature_guide", "") or "")
+  if guide and not float(config.get("mid_feature_weight", 0.0)) > 0:
+    raise ValueError("config.mid_feature_guide needs config.mid_feature_weight > 0 (the weight of its term)")
+  if guide and not (pathlib.Path(guide) / "masks").is_dir():
+    raise FileNotFoundError(f"config.mid_feature_guide={guide!r}: no masks/ folder there (give the workdir of one "
+                            "method's run, e.g. runs/x/opom-convex-dlib_resnet)")
   eot = settings_lib.eot_channels(config)
   if eot:
     try:
