@@ -40,8 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-#: Channels :func:`random_channel` can draw; "none" is the 8-bit rounding alone.
-EOT_CHANNELS = ("none", "jpeg", "resize", "blur", "photo")
+#: Channels :func:`random_channel` can draw; "none" is the 8-bit rounding alone; "photo_jpeg" is the photo round
+#: trip followed by JPEG (a photo saved as JPEG, approximated in the chip's pixel grid).
+EOT_CHANNELS = ("none", "jpeg", "resize", "blur", "photo", "photo_jpeg")
 
 #: Ranges of the random parameters: JPEG quality, resize factor (one of these, static shapes), blur sigma.
 JPEG_QUALITY_RANGE = (50.0, 95.0)
@@ -244,7 +245,7 @@ def random_channel(key: jax.Array, images: jax.Array, channels: Sequence[str] = 
   """``images`` through one channel of ``channels`` drawn uniformly from ``key``, with random parameters
   (JPEG quality uniform in :data:`JPEG_QUALITY_RANGE`, a resize factor of :data:`RESIZE_FACTORS`, blur sigma
   uniform in :data:`BLUR_SIGMA_RANGE`, the photo round trip's as :func:`random_photo_round_trip`), then clipped
-  and rounded to 8 bits as a saved photo."""
+  and rounded to 8 bits as a saved photo. A name given twice is drawn twice as often."""
   channels = check_channels(channels)
   rnd = _rounder(rounding)
   choice_key, quality_key, sigma_key, factor_key = jax.random.split(key, 4)
@@ -262,6 +263,7 @@ def random_channel(key: jax.Array, images: jax.Array, channels: Sequence[str] = 
       "resize": resize,
       "blur": lambda x: gaussian_blur(x, sigma),
       "photo": lambda x: random_photo_round_trip(photo_key, x),
+      "photo_jpeg": lambda x: jpeg_approx(random_photo_round_trip(photo_key, x), quality, rounding=rounding),
   }
   index = jax.random.randint(choice_key, (), 0, len(channels))
   out = jax.lax.switch(index, [branches[c] for c in channels], jnp.asarray(images, jnp.float32))
