@@ -185,9 +185,12 @@ def test_ctrl_c_stops_with_a_message_and_keeps_finished_masks(tmp_path):
   mask_dir = tmp_path / RUN_DIR / "masks"
   env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
   # 40 steps per identity (~20 s a group here): the run is still busy when Ctrl-C comes after the first mask.
+  # Python turns SIGINT into KeyboardInterrupt only where it is not ignored at start, and a shell's background job
+  # (pytest under nohup or `&`) passes it on ignored: the child gets the default disposition back first.
   proc = subprocess.Popen([sys.executable, "-m", "experiments.generate", *FLAGS, "--config.steps=40",
                            f"--workdir={tmp_path}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   deadline = time.time() + 600
   while time.time() < deadline and not list(mask_dir.glob("*.npz")):
     assert proc.poll() is None, proc.stderr.read()[-3000:]
