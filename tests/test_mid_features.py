@@ -30,8 +30,8 @@ def test_distortion_refuses_activations_of_different_shapes():
     objectives.mid_feature_distortion(jnp.zeros((2, 4)), jnp.zeros((2, 5)))
 
 
-@pytest.mark.parametrize("count, depth, index", [(5, 0.0, 0), (5, 1.0, 4), (5, 0.5, 2), (4, 0.5, 2), (2, 0.4, 0), (2, 0.5, 1),
-                                                 (1, 0.5, 0)])
+@pytest.mark.parametrize("count, depth, index", [(5, 0.0, 0), (5, 1.0, 4), (5, 0.5, 2), (4, 0.5, 2), (2, 0.4, 0),
+                                                 (2, 0.5, 1), (1, 0.5, 0)])
 def test_mid_layer_index_picks_the_layer_at_that_relative_depth(count, depth, index):
   assert objectives.mid_layer_index(count, depth) == index
 

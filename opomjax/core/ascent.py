@@ -989,9 +989,10 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
       raise ValueError(f"mid_feature_guide must have shape (k, H, W, 3) = {(k, height, width, 3)}, got "
                        f"{mid_feature_guide.shape}")
     validate_finite_tree(mid_feature_guide, "mid_feature_guide")
-    if float(jnp.abs(mid_feature_guide).max()) > cfg.epsilon * (1 + 1e-6):
-      raise ValueError(f"mid_feature_guide exceeds epsilon={cfg.epsilon:g} (largest |value| "
-                       f"{float(jnp.abs(mid_feature_guide).max()):g}): masks of another budget")
+    largest = float(jnp.abs(mid_feature_guide).max())
+    if largest > cfg.epsilon * (1 + 1e-6):
+      raise ValueError(f"mid_feature_guide exceeds epsilon={cfg.epsilon:g} (largest |value| {largest:g}): masks "
+                       "of another budget")
   validate_finite_tree(params, "params")
   images = jnp.asarray(images).astype(jnp.float32)
   if key is None:

@@ -43,9 +43,14 @@ from opomjax.core import hulls
 _EPS = 1e-12
 
 
+def row_norms(x: jax.Array, keepdims: bool = False) -> jax.Array:
+  """L2 norms of the rows of ``x`` (last axis), at least ``_EPS`` (finite gradients at zero)."""
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=keepdims), _EPS * _EPS))
+
+
 def normalize(x: jax.Array) -> jax.Array:
   """Rows of ``x`` scaled to unit L2 norm (the official losses normalise both feature sets)."""
-  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _EPS * _EPS))
+  return x / row_norms(x, keepdims=True)
 
 
 def mean_squared_distance(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -222,14 +227,14 @@ def gd_uap(activations: Sequence[jax.Array]) -> jax.Array:
   total = 0.0
   for act in activations:
     flat = act.reshape(act.shape[0], -1)
-    total = total + jnp.log(jnp.sqrt(jnp.maximum(jnp.sum(flat * flat, axis=-1), _EPS * _EPS)))
+    total = total + jnp.log(row_norms(flat))
   return jnp.mean(total)
 
 
 def mid_layer_index(count: int, depth: float) -> int:
   """The index of the layer at relative ``depth`` in ``[0, 1]`` among ``count`` recorded activations
-  (0: the first, 1: the last), rounded to the nearest (halves up); the same fraction picks a comparable stage in networks
-  of different depth (the models record one activation per resolution stage)."""
+  (0: the first, 1: the last), rounded to the nearest (halves up); the same fraction picks a comparable stage
+  in networks of different depth (the models record one activation per resolution stage)."""
   if count < 1:
     raise ValueError("mid_layer_index: no recorded activations")
   if not 0.0 <= depth <= 1.0:
@@ -263,9 +268,7 @@ def mid_feature_distortion(adv: jax.Array, clean: jax.Array) -> jax.Array:
     raise ValueError(f"mid_feature_distortion: shapes differ, {adv.shape} and {clean.shape}")
   diff = (adv - clean).reshape(adv.shape[0], -1)
   base = clean.reshape(clean.shape[0], -1)
-  change = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=-1), _EPS * _EPS))
-  norm = jnp.sqrt(jnp.maximum(jnp.sum(base * base, axis=-1), _EPS * _EPS))
-  return jnp.mean(change / norm)
+  return jnp.mean(row_norms(diff) / row_norms(base))
 
 
 def mid_feature_projection(adv: jax.Array, clean: jax.Array, guide: jax.Array) -> jax.Array:
@@ -295,9 +298,7 @@ def mid_feature_projection(adv: jax.Array, clean: jax.Array, guide: jax.Array) -
   change = (adv - clean).reshape(adv.shape[0], -1)
   direction = (guide - clean).reshape(guide.shape[0], -1)
   base = clean.reshape(clean.shape[0], -1)
-  length = jnp.sqrt(jnp.maximum(jnp.sum(direction * direction, axis=-1), _EPS * _EPS))
-  norm = jnp.sqrt(jnp.maximum(jnp.sum(base * base, axis=-1), _EPS * _EPS))
-  return jnp.mean(jnp.sum(change * direction, axis=-1) / (length * norm))
+  return jnp.mean(jnp.sum(change * direction, axis=-1) / (row_norms(direction) * row_norms(base)))
 
 
 def diversity(adv: jax.Array) -> jax.Array:
