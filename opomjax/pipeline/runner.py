@@ -105,7 +105,7 @@ def variant_suffix(config, separator: str) -> str:
   parts = ["mdfa"] * uses_mdfa(config) + ["clean_once"] * bool(config.get("dfanet_clean_once", False))
   parts += ["eot"] * bool(settings_lib.eot_channels(config))
   parts += [f"{name}{value:g}" for name, value in settings_lib.transfer_options(config).items()]
-  parts += ["guided"] * bool(config.get("mid_feature_guide", ""))
+  parts += ["guided"] * bool(settings_lib.mid_feature_guide(config))
   return "".join(separator + p for p in parts)
 
 
@@ -164,7 +164,7 @@ def guide_masks(config, protocol, method: str) -> np.ndarray | None:
   the protocol's identity order, or None when it is empty; one line (FileNotFoundError, ValueError) when a mask
   is missing or was made for another frame or a larger budget (the folder and the weight are checked by
   :func:`opomjax.pipeline.validate.check_config` before anything is loaded)."""
-  where = str(config.get("mid_feature_guide", "") or "")
+  where = settings_lib.mid_feature_guide(config)
   if not where:
     return None
   if method == "fi-uap-all":

@@ -126,6 +126,11 @@ def transfer_options(config) -> dict:
   return out
 
 
+def mid_feature_guide(config) -> str:
+  """``config.mid_feature_guide``: the workdir of the masks the intermediate-level attack refines, or ""."""
+  return str(config.get("mid_feature_guide", "") or "")
+
+
 def eot_channels(config) -> tuple[str, ...]:
   """``config.eot`` (comma-separated channels of ``opomjax.core.transfer``; empty: no EOT) as a tuple."""
   return tuple(n.strip() for n in str(config.get("eot", "") or "").split(",") if n.strip())
@@ -149,8 +154,8 @@ def generation_settings(config, method: str) -> dict:
   if options.get("dfanet_clean_once"):
     settings["dfanet_clean_once"] = True
   settings.update({k: options[k] for k in TRANSFER_OPTIONS if k in options})
-  if config.get("mid_feature_guide", ""):  # the guide masks' content is recorded per group (runner.generate)
-    settings["mid_feature_guide"] = str(config.mid_feature_guide)
+  if mid_feature_guide(config):  # the guide masks' content is recorded per group (runner.generate)
+    settings["mid_feature_guide"] = mid_feature_guide(config)
   if "eot" in options:  # recorded only when on, so that masks made before EOT existed keep their record
     settings.update(eot=",".join(options["eot"]), eot_samples=options["eot_samples"],
                     eot_rounding=options["eot_rounding"])

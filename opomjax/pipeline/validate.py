@@ -199,7 +199,7 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True, da
     ascent.validate_transfer_options(ascent.AscentConfig(**settings_lib.transfer_options(config)))
   except (TypeError, ValueError) as err:
     raise ValueError(f"config.{err}") from None
-  guide = str(config.get("mid_feature_guide", "") or "")
+  guide = settings_lib.mid_feature_guide(config)
   if guide and not float(config.get("mid_feature_weight", 0.0)) > 0:
     raise ValueError("config.mid_feature_guide needs config.mid_feature_weight > 0 (the weight of its term)")
   if guide and not (pathlib.Path(guide) / "masks").is_dir():
