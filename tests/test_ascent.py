@@ -452,6 +452,21 @@ def test_run_in_pieces_reports_progress_and_gives_the_same_masks():
   np.testing.assert_array_equal(np.asarray(pieces_trace), np.asarray(whole_trace))
 
 
+def test_an_interrupt_in_progress_stops_the_pieces():
+  """With one piece queued behind the running one, a KeyboardInterrupt raised while the first finished piece is
+  reported leaves the run there: no later piece is reported and the error reaches the caller."""
+  seen = []
+
+  def report(done, total):
+    seen.append((done, total))
+    raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    ascent.generate_masks(embed, IMAGES, method="fi-uap", key=jax.random.key(7), epsilon=EPS, step_size=ALPHA,
+                          steps=STEPS, progress=report)
+  assert seen == [(1, STEPS)]
+
+
 @pytest.mark.parametrize("change,match", [
     (dict(progress="yes"), "progress"),
     (dict(steps_per_call=0), "steps_per_call"),

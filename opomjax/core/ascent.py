@@ -568,10 +568,14 @@ def _progress_callback(progress: ProgressFn | bool, steps: int) -> tuple[Progres
 def run_in_pieces(runner_for: Callable[[int], Callable[..., Any]], params: Any, images: jax.Array,
                   clean: jax.Array, init: AscentState, keys: jax.Array, steps: int, length: int,
                   report: ProgressFn | None) -> tuple[jax.Array, jax.Array]:
-  """All ``steps`` in pieces of ``length`` steps, waiting for each piece and reporting ``(done, steps)``.
+  """All ``steps`` in pieces of ``length`` steps, reporting ``(done, steps)`` as each piece finishes.
 
-  Between pieces Python has control again, so a KeyboardInterrupt ends the run at the latest after the
-  current piece.
+  One piece is always queued behind the one running: piece ``i + 1`` is dispatched before piece ``i`` is waited
+  for, so the Python work of a call (flattening the arguments, dispatch) overlaps the computation instead of
+  adding to it (the compiled step has the FLOPs and bytes of the model's own forward + backward; for a small
+  network the per-call work is a visible share of a step). The results are those of waiting for every piece:
+  the same programs on the same inputs. Between pieces Python has control again, so a KeyboardInterrupt ends
+  the run at the latest after the queued piece.
 
   Args:
     runner_for: ``length -> `` the distributed :func:`identities_segment` for pieces of that length.
@@ -590,14 +594,24 @@ def run_in_pieces(runner_for: Callable[[int], Callable[..., Any]], params: Any, 
   """
   delta, rule_state = init
   traces, done = [], 0
+  queued: list[tuple[int, jax.Array]] = []  # (steps done after it, its masks): dispatched, not yet waited for
+
+  def wait_for_oldest():
+    finished, masks = queued.pop(0)
+    jax.block_until_ready(masks)
+    if report is not None:
+      report(finished, steps)
+
   while done < steps:
     piece = min(length, steps - done)
     delta, rule_state, trace = runner_for(piece)((params, jnp.int32(done)), (images, clean, delta, rule_state, keys))
-    jax.block_until_ready(delta)
     traces.append(trace)
     done += piece
-    if report is not None:
-      report(done, steps)
+    queued.append((done, delta))
+    if len(queued) > 1:
+      wait_for_oldest()
+  while queued:
+    wait_for_oldest()
   return delta, jnp.concatenate(traces, axis=1)
 
 
@@ -831,8 +845,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
 
   The steps run from Python in pieces of ``steps_per_call`` steps (default 1), each piece one compiled,
   unrolled program called repeatedly with the masks and momentum carried over (a compiled ``while`` loop makes
-  every step ~3x slower on XLA:CPU); each piece is waited for and reported to ``progress``, and Ctrl-C stops the
-  run between pieces. The steps and their dropout keys do not depend on the piece length; the float rounding may
+  every step ~3x slower on XLA:CPU), with one piece queued behind the running one (:func:`run_in_pieces`); each
+  finished piece is reported to ``progress``, and Ctrl-C stops the run between pieces. The steps and their dropout keys do not depend on the piece length; the float rounding may
   (XLA compiles a piece of 2 steps differently from one of 1), so runs meant to be bit-identical use the same
   ``steps_per_call`` (the default everywhere in this package).
 
