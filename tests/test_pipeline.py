@@ -174,6 +174,8 @@ def test_conditions_are_separate_rows_and_the_channel_alone_is_shown(tmp_path):
     ("dlib_resnet", "dlib_resnet", True), ("dlib_resnet+mdfa", "dlib_resnet", True),
     ("sface", "sface_onnx", True), ("sface+mdfa", "sface_onnx", True),
     ("dlib_resnet+mdfa", "sface_onnx", False), ("sface", "dlib_resnet", False),
+    ("dlib_resnet", "dlib_native", True), ("dlib_resnet+faceres+eot", "dlib_native", True),
+    ("sface", "dlib_native", False),
 ])
 def test_white_box_is_the_surrogate_itself_in_any_variant(surrogate, target, white):
   assert reports.is_white_box(surrogate, target) is white

@@ -104,12 +104,18 @@ def row_labels(rows: list[dict]) -> list[str]:
 VARIANTS = ("mdfa", "eot")
 
 
+#: Targets that run a surrogate's network behind their own photo pipeline: ``dlib_native`` is dlib's detector,
+#: landmarks and chips in front of the dlib ResNet's weights.
+TARGET_NETWORK = {"dlib_native": "dlib_resnet"}
+
+
 def is_white_box(surrogate: str, target: str) -> bool:
   """Whether ``target`` is the surrogate itself or a member of its ensemble: ``dlib_resnet+mdfa`` attacks
-  ``dlib_resnet``, ``sface`` (the JAX translation) attacks ``sface_onnx`` (the original),
-  ``dlib_resnet+faceres`` attacks both."""
+  ``dlib_resnet`` (and ``dlib_native``, the same network behind dlib's own pipeline), ``sface`` (the JAX
+  translation) attacks ``sface_onnx`` (the original), ``dlib_resnet+faceres`` attacks both."""
   members = [m for m in surrogate.split("+") if m not in VARIANTS]
-  return any(m == target or m == target.removesuffix("_onnx") for m in members)
+  network = TARGET_NETWORK.get(target, target)
+  return any(m == network or m == network.removesuffix("_onnx") for m in members)
 
 
 
