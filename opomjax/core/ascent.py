@@ -594,24 +594,23 @@ def run_in_pieces(runner_for: Callable[[int], Callable[..., Any]], params: Any, 
   """
   delta, rule_state = init
   traces, done = [], 0
-  queued: list[tuple[int, jax.Array]] = []  # (steps done after it, its masks): dispatched, not yet waited for
+  queued = None  # (steps done after it, its masks) of the piece dispatched last, not yet waited for
 
-  def wait_for_oldest():
-    finished, masks = queued.pop(0)
+  def wait_for(piece_done, masks):
     jax.block_until_ready(masks)
     if report is not None:
-      report(finished, steps)
+      report(piece_done, steps)
 
   while done < steps:
     piece = min(length, steps - done)
     delta, rule_state, trace = runner_for(piece)((params, jnp.int32(done)), (images, clean, delta, rule_state, keys))
     traces.append(trace)
     done += piece
-    queued.append((done, delta))
-    if len(queued) > 1:
-      wait_for_oldest()
-  while queued:
-    wait_for_oldest()
+    if queued is not None:
+      wait_for(*queued)
+    queued = (done, delta)
+  if queued is not None:
+    wait_for(*queued)
   return delta, jnp.concatenate(traces, axis=1)
 
 
@@ -846,9 +845,10 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
   The steps run from Python in pieces of ``steps_per_call`` steps (default 1), each piece one compiled,
   unrolled program called repeatedly with the masks and momentum carried over (a compiled ``while`` loop makes
   every step ~3x slower on XLA:CPU), with one piece queued behind the running one (:func:`run_in_pieces`); each
-  finished piece is reported to ``progress``, and Ctrl-C stops the run between pieces. The steps and their dropout keys do not depend on the piece length; the float rounding may
-  (XLA compiles a piece of 2 steps differently from one of 1), so runs meant to be bit-identical use the same
-  ``steps_per_call`` (the default everywhere in this package).
+  finished piece is reported to ``progress``, and Ctrl-C stops the run between pieces. The steps and their
+  dropout keys do not depend on the piece length; the float rounding may (XLA compiles a piece of 2 steps
+  differently from one of 1), so runs meant to be bit-identical use the same ``steps_per_call`` (the default
+  everywhere in this package).
 
   Args:
     embed_fn: the surrogate, ``embed_fn(images) -> (b, d)`` for canonical images ``(b, H, W, 3)`` in
