@@ -207,6 +207,29 @@ def test_apply_mask_to_photo_adds_the_mask_exactly_under_a_pixel_aligned_transfo
   np.testing.assert_allclose(delta[~clipped], mask[~clipped], atol=0.5 + 1e-4)
 
 
+def test_apply_mask_to_photo_puts_in_the_nearest_mask_pixel():
+  """Every photo pixel in the footprint receives the mask value of the chip pixel nearest its chip point (brute
+  force over the pixels); bilinear sampling instead gives values no mask pixel has."""
+  rng = np.random.default_rng(21)
+  photo = np.full((240, 260, 3), 100, np.uint8)
+  mask = rng.integers(-8, 9, (128, 128, 3)).astype(np.float32)
+  transform = random_similarity(rng, (0.7, 1.1))
+  transform[:, 2] = 64 - transform[:, :2] @ [130, 120]
+  added = faces.apply_mask_to_photo(photo, mask, transform).astype(np.float32) - 100
+  _, valid = faces.warp_from_frame(mask, transform, photo.shape)
+  y, x = np.nonzero(valid)
+  q = faces.apply_transform(transform, np.stack([x, y], -1).astype(float))
+  col, row = np.floor(q[:, 0] + 0.5).astype(int), np.floor(q[:, 1] + 0.5).astype(int)
+  tie = np.any(np.abs(q - np.floor(q) - 0.5) < 1e-3, axis=-1)  # Pillow's float arithmetic may round either way
+  inside = (col <= 127) & (row <= 127) & ~tie  # the last half pixel of the footprint reads the edge pixel
+  np.testing.assert_array_equal(added[y[inside], x[inside]], mask[row[inside], col[inside]])
+  assert np.all(added[~valid] == 0)
+  smooth = faces.apply_mask_to_photo(photo, mask, transform, sampling="bilinear").astype(np.float32) - 100
+  assert np.mean(smooth[valid] != added[valid]) > 0.3
+  with pytest.raises(ValueError, match="sampling"):
+    faces.apply_mask_to_photo(photo, mask, transform, sampling="cubic")
+
+
 def test_apply_mask_to_photo_bounds_and_region_weights():
   rng = np.random.default_rng(7)
   photo = rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)
@@ -276,7 +299,7 @@ def test_roundtrip_weights_carry_pixel_weights_and_greyscale():
   transform[:, 2] = 64 - transform[:, :2] @ [140, 150]
   alpha = rng.uniform(0, 1, shape[:2]).astype(np.float32)
   delta = rng.uniform(-8, 8, (128, 128, 3)).astype(np.float32)
-  back, _ = faces.warp_from_frame(delta, transform, shape)
+  back, _ = faces.warp_from_frame(delta, transform, shape, sampling="nearest")
   footprint = faces.frame_footprint(transform, CANONICAL, shape) * alpha
   expected = faces.warp_to_frame(back * footprint[..., None], transform)
   weights = roundtrip.roundtrip_weights(transform, shape, pixel_weights=alpha)

@@ -76,7 +76,8 @@ def test_photo_round_trip_without_a_change_of_grid_is_the_identity():
 
 
 def test_photo_round_trip_equals_two_scipy_resamplings():
-  """The same two bilinear resamplings by scipy.ndimage.map_coordinates (order 1, edges replicated)."""
+  """The same two resamplings by scipy.ndimage.map_coordinates (edges replicated): into the photo the nearest
+  pixel (order 0), back bilinear (order 1)."""
   from scipy import ndimage  # pylint: disable=import-outside-toplevel
   x = np.random.default_rng(3).uniform(0, 255, (20, 24, 3)).astype(np.float32)
   scale, phase, jitter = 0.85, np.array([0.3, 0.7]), np.array([0.02, np.radians(1.2), 0.6, -0.4])
@@ -84,9 +85,9 @@ def test_photo_round_trip_equals_two_scipy_resamplings():
                                              jnp.asarray(jitter, jnp.float32)))
   size = int(np.ceil(24 / transfer.PHOTO_SCALE_RANGE[0])) + 2
   py, px = np.meshgrid(scale * np.arange(size) - phase[0], scale * np.arange(size) - phase[1], indexing="ij")
-  sample = lambda img, ys, xs: np.stack(
-      [ndimage.map_coordinates(img[..., c], [ys, xs], order=1, mode="nearest") for c in range(3)], axis=-1)
-  photo = sample(x.astype(np.float64), py, px)
+  sample = lambda img, ys, xs, order=1: np.stack(
+      [ndimage.map_coordinates(img[..., c], [ys, xs], order=order, mode="nearest") for c in range(3)], axis=-1)
+  photo = sample(x.astype(np.float64), py, px, order=0)
   qy, qx = np.meshgrid(np.arange(20) - 9.5, np.arange(24) - 11.5, indexing="ij")
   cos, sin = (1 + jitter[0]) * np.cos(jitter[1]), (1 + jitter[0]) * np.sin(jitter[1])
   jy, jx = cos * qy + sin * qx + 9.5 + jitter[2], -sin * qy + cos * qx + 11.5 + jitter[3]
@@ -95,9 +96,10 @@ def test_photo_round_trip_equals_two_scipy_resamplings():
 
 
 def test_photo_round_trip_keeps_as_much_of_a_mask_as_the_real_one(lfw_root):
-  """The real way (the mask warped into the LFW photo, saved as PNG, the face found and aligned again) and the
-  random stand-in keep about the same share of a +-8 pixel-noise mask (rms of what arrives over 8): measured
-  0.51-0.60, mean 0.53 for the real one, 0.51 for the stand-in over 12 photos."""
+  """The real way (the mask put into the LFW photo by its nearest pixels, saved as PNG, the face found and
+  aligned again) and the random stand-in keep about the same share of a +-8 pixel-noise mask (rms of what
+  arrives over 8): measured 0.69-0.73, mean 0.71 for the real one, 0.69 for the stand-in (4 photos, 4 draws
+  each); with bilinear insertion 0.53 arrived."""
   from opomjax import faces  # pylint: disable=import-outside-toplevel
   from opomjax import frame as frame_lib  # pylint: disable=import-outside-toplevel
   from opomjax.faces import align  # pylint: disable=import-outside-toplevel
@@ -115,7 +117,7 @@ def test_photo_round_trip_keeps_as_much_of_a_mask_as_the_real_one(lfw_root):
     for s in range(4):
       trip = functools.partial(transfer.random_photo_round_trip, jax.random.key(s))
       stand_in.append(float(jnp.sqrt(jnp.mean((trip(chip + mask) - trip(chip)) ** 2))) / 8)
-  assert 0.4 < np.mean(real) < 0.7, real  # the channel matters: about half of such a mask arrives
+  assert 0.55 < np.mean(real) < 0.85, real  # the channel matters: about a third of such a mask is lost
   assert abs(np.mean(stand_in) - np.mean(real)) < 0.08, (real, stand_in)
 
 

@@ -195,12 +195,21 @@ def _bilinear(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
   return top * (1 - wy) + bottom * wy
 
 
+def _nearest(images: jax.Array, ys: jax.Array, xs: jax.Array) -> jax.Array:
+  """``images`` ``(..., H, W, C)`` at the pixel nearest each of ``ys``, ``xs`` ``(h, w)`` (ties rounded up, edge
+  pixels outside, as Pillow's nearest sampling): ``(..., h, w, C)``."""
+  row = jnp.clip(jnp.floor(ys + 0.5), 0, images.shape[-3] - 1).astype(jnp.int32)
+  col = jnp.clip(jnp.floor(xs + 0.5), 0, images.shape[-2] - 1).astype(jnp.int32)
+  return images[..., row, col, :]
+
+
 def photo_round_trip(images: jax.Array, scale, phase, jitter) -> jax.Array:
   """Chips ``(..., H, W, 3)`` put into a photo and cut out again, as the protect tool and a recogniser do.
 
   Into the photo: photo pixel ``p`` lies at chip coordinate ``scale * p - phase`` (``scale`` chip pixels per
-  photo pixel, ``phase`` ``(2,)`` the sub-pixel offset of the two grids, in chip pixels), sampled bilinearly on a
-  ``ceil(H / scale) + 2`` square grid. Back: chip pixel ``q`` is read from the photo at ``(J(q) + phase) / scale``,
+  photo pixel, ``phase`` ``(2,)`` the sub-pixel offset of the two grids, in chip pixels) and takes the nearest
+  chip pixel, as :func:`opomjax.faces.apply_mask_to_photo` puts a mask in, on a ``ceil(H / scale) + 2`` square
+  grid. Back: chip pixel ``q`` is read from the photo at ``(J(q) + phase) / scale``,
   where ``J`` is the re-alignment's similarity transform about the chip's centre, ``jitter = (relative scale
   change, rotation in radians, shift y, shift x)``; bilinear again. With ``scale = 1``, ``phase = 0`` and no
   jitter the chips come back unchanged.
@@ -209,7 +218,7 @@ def photo_round_trip(images: jax.Array, scale, phase, jitter) -> jax.Array:
   scale = jnp.asarray(scale, jnp.float32)
   size = int(np.ceil(max(height, width) / PHOTO_SCALE_RANGE[0])) + 2  # static: the largest grid any scale needs
   grid = jnp.arange(size, dtype=jnp.float32)
-  in_photo = _bilinear(images, *jnp.meshgrid(scale * grid - phase[0], scale * grid - phase[1], indexing="ij"))
+  in_photo = _nearest(images, *jnp.meshgrid(scale * grid - phase[0], scale * grid - phase[1], indexing="ij"))
   dscale, angle, dy, dx = jitter[0], jitter[1], jitter[2], jitter[3]
   cy, cx = (height - 1) / 2, (width - 1) / 2
   qy = jnp.arange(height, dtype=jnp.float32)[:, None] - cy

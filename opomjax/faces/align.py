@@ -13,7 +13,10 @@ so that the chip does not alias.
 
 The way back (:func:`warp_from_frame`, :func:`apply_mask_to_photo`) samples the chip at ``A p + t`` for every
 photo pixel ``p``; the *footprint* of the frame is the set of photo pixels whose chip point lies inside
-``[0, W - 1] x [0, H - 1]``, where bilinear sampling uses chip pixels only.
+``[0, W - 1] x [0, H - 1]``, where bilinear sampling uses chip pixels only. A mask goes into the photo by its
+nearest chip pixel by default (``sampling="nearest"``): bilinear sampling at the two grids' sub-pixel offset
+averages neighbouring mask pixels, and a recogniser that cuts the face out again averages once more, so a
+fine-grained mask would reach it smoothed twice (see :func:`apply_mask_to_photo`).
 """
 
 from __future__ import annotations
@@ -158,8 +161,20 @@ def _box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
   return padded.reshape((h + ph) // factor, factor, (w + pw) // factor, factor, c).mean(axis=(1, 3))
 
 
-def _affine_sample(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-  """Bilinear samples of ``image`` ``(h, w, c)`` at ``matrix @ (x, y, 1)`` for every output pixel ``(x, y)``.
+#: How :func:`_affine_sample` reads the source between its pixels.
+SAMPLINGS = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
+
+
+def _check_sampling(sampling: str) -> str:
+  if sampling not in SAMPLINGS:
+    raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {sampling!r}")
+  return sampling
+
+
+def _affine_sample(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int],
+                   sampling: str = "bilinear") -> np.ndarray:
+  """Samples of ``image`` ``(h, w, c)`` at ``matrix @ (x, y, 1)`` for every output pixel ``(x, y)``: bilinear,
+  or the nearest pixel (``sampling="nearest"``, ties rounded up as Pillow does).
 
   ``matrix`` ``(2, 3)`` maps output index coordinates to ``image`` index coordinates. Returns
   ``(out_h, out_w, c)`` float32 (see the module docstring for the border rule).
@@ -171,7 +186,7 @@ def _affine_sample(image: np.ndarray, matrix: np.ndarray, out_hw: tuple[int, int
   size = (int(out_hw[1]), int(out_hw[0]))
   planes = [
       np.asarray(Image.fromarray(np.ascontiguousarray(image[..., k], np.float32), mode="F").transform(
-          size, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR))
+          size, Image.Transform.AFFINE, data, SAMPLINGS[sampling]))
       for k in range(image.shape[-1])
   ]
   return np.stack(planes, axis=-1)
@@ -230,10 +245,10 @@ class _Footprint:
   def empty(self) -> bool:
     return self.rows.stop <= self.rows.start or self.cols.stop <= self.cols.start
 
-  def sample(self, transform: np.ndarray, chip: np.ndarray) -> np.ndarray:
-    """Bilinear samples ``(rows, cols, c)`` of the chip at each window pixel's chip point."""
+  def sample(self, transform: np.ndarray, chip: np.ndarray, sampling: str = "bilinear") -> np.ndarray:
+    """Samples ``(rows, cols, c)`` of the chip at each window pixel's chip point (:func:`_affine_sample`)."""
     window_to_photo = np.array([[1.0, 0, self.cols.start], [0, 1.0, self.rows.start]])
-    return _affine_sample(chip, _compose(transform, window_to_photo), self.border.shape)
+    return _affine_sample(chip, _compose(transform, window_to_photo), self.border.shape, sampling)
 
 
 def _footprint(transform: np.ndarray, chip_hw: tuple[int, int], photo_hw: tuple[int, int]) -> _Footprint:
@@ -264,16 +279,18 @@ def _photo_hw(photo_shape) -> tuple[int, int]:
   return photo_shape[0], photo_shape[1]
 
 
-def warp_from_frame(chip_array, transform, photo_shape) -> tuple[np.ndarray, np.ndarray]:
+def warp_from_frame(chip_array, transform, photo_shape, *,
+                    sampling: str = "bilinear") -> tuple[np.ndarray, np.ndarray]:
   """Warps a chip-space array back into photo space (the inverse of :func:`warp_to_frame`).
 
   Args:
     chip_array: ``(H, W)`` or ``(H, W, c)`` array in the chip's frame.
     transform: ``(2, 3)`` photo -> chip similarity used to cut the chip.
     photo_shape: ``(h, w)`` or ``(h, w, c)`` of the photo.
+    sampling: ``"bilinear"`` or ``"nearest"`` (the chip pixel nearest each photo pixel's chip point).
 
   Returns:
-    ``(values, valid)``: ``values`` ``(h, w, c)`` (or ``(h, w)``) float32, the bilinear sample of
+    ``(values, valid)``: ``values`` ``(h, w, c)`` (or ``(h, w)``) float32, the sample of
     ``chip_array`` at ``transform(p)`` for each photo pixel ``p`` inside the frame's footprint and 0 elsewhere;
     ``valid`` ``(h, w)`` bool, the footprint.
   """
@@ -281,13 +298,14 @@ def warp_from_frame(chip_array, transform, photo_shape) -> tuple[np.ndarray, np.
   squeeze = chip.ndim == 2
   chip = _check_image(chip[..., None] if squeeze else chip, "chip_array")
   transform = _check_transform(transform)
+  sampling = _check_sampling(sampling)
   h, w = _photo_hw(photo_shape)
   values = np.zeros((h, w, chip.shape[-1]), np.float32)
   valid = np.zeros((h, w), bool)
   footprint = _footprint(transform, chip.shape[:2], (h, w))
   if not footprint.empty:
     inside = footprint.border >= 0
-    values[footprint.rows, footprint.cols] = footprint.sample(transform, chip) * inside[..., None]
+    values[footprint.rows, footprint.cols] = footprint.sample(transform, chip, sampling) * inside[..., None]
     valid[footprint.rows, footprint.cols] = inside
   return (values[..., 0] if squeeze else values), valid
 
@@ -309,7 +327,8 @@ def frame_footprint(transform, frame: Frame, photo_shape, *, feather: float = 0.
 
 
 def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
-                        region: Union[str, np.ndarray] = "face", feather: float = 0.0) -> np.ndarray:
+                        region: Union[str, np.ndarray] = "face", feather: float = 0.0,
+                        sampling: str = "nearest") -> np.ndarray:
   """Adds a chip-space mask to the original photo: the protected photo, in the photo's own layout.
 
   ``protected = round(clip(photo + footprint * region_weight * warp_back(mask), 0, top))``, computed only in
@@ -326,6 +345,12 @@ def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
     region: ``"face"``: the whole footprint of the frame in the photo; or an ``(H, W)`` array of weights in
       [0, 1] in the chip's frame (e.g. an ellipse around the face), warped back with the mask.
     feather: width in photo pixels over which the mask fades out towards the footprint's border (0: hard edge).
+    sampling: how each photo pixel reads the mask: ``"nearest"`` (default) its nearest mask pixel, so the photo
+      carries the mask's full contrast; ``"bilinear"`` interpolates, which at the grids' sub-pixel offsets
+      averages neighbouring mask pixels. A recogniser resamples the photo again when it cuts the face out:
+      after that, on 80 Privacy-LFW test photos, an SFace mask (EOT, 16 steps) kept a mean cosine of 0.51 to
+      the clean embedding with nearest insertion against 0.55 with bilinear (0.41 on the 8-bit chip), and
+      protected 80.3 % against 76.4 % of those photos' searches as PNG.
 
   Returns:
     An array of ``photo``'s shape and dtype, equal to ``photo`` outside the footprint.
@@ -341,6 +366,7 @@ def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
     raise ValueError("mask must be finite")
   if feather < 0:
     raise ValueError(f"feather must be >= 0 pixels; got {feather}")
+  sampling = _check_sampling(sampling)
   if isinstance(region, str):
     if region != "face":
       raise ValueError(f"region must be 'face' or an (H, W) weight array; got {region!r}")
@@ -362,7 +388,7 @@ def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
   weights = _footprint_weights(footprint, feather)
   if not isinstance(region, str):
     weights *= footprint.sample(transform, region[..., None])[..., 0]
-  values = footprint.sample(transform, mask) * weights[..., None]
+  values = footprint.sample(transform, mask, sampling) * weights[..., None]
   samples = photo[..., None] if photo.ndim == 2 else photo
   target = protected[..., None] if photo.ndim == 2 else protected
   window = samples[footprint.rows, footprint.cols, :colour].astype(np.float32) + values

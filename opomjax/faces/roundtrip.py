@@ -25,7 +25,8 @@ from opomjax.frame import CANONICAL, Frame
 
 
 def roundtrip_weights(transform, photo_shape, *, frame: Frame = CANONICAL, feather: float = 0.0,
-                      radius: int | None = None, pixel_weights: np.ndarray | None = None) -> np.ndarray:
+                      radius: int | None = None, pixel_weights: np.ndarray | None = None,
+                      sampling: str = "nearest") -> np.ndarray:
   """The photo round trip of a chip-space mask as a local linear filter: ``(2r+1)^2`` weight maps.
 
   ``B`` gathers, for chip pixel ``q``, only mask pixels ``q + o`` with ``|o| <= r``:
@@ -44,6 +45,7 @@ def roundtrip_weights(transform, photo_shape, *, frame: Frame = CANONICAL, feath
     radius: ``r``; default ``ceil(max(1, s)) + 2`` for the chip-per-photo-pixel scale ``s``.
     pixel_weights: optional ``(h, w)`` factor in [0, 1] on what each photo pixel passes on, e.g. ``alpha / 255``
       of a transparent photo, whose face is seen composited over a background.
+    sampling: how the photo reads the mask, as in :func:`opomjax.faces.apply_mask_to_photo`.
 
   Returns:
     ``(2r+1, 2r+1, H, W)`` float32: ``W[r + oy, r + ox]`` weighs ``delta(q + (oy, ox))``.
@@ -67,7 +69,7 @@ def roundtrip_weights(transform, photo_shape, *, frame: Frame = CANONICAL, feath
     comb = np.zeros((height, width, 3), np.float32)
     for c, (a, b) in enumerate(batch):
       comb[a::spacing, b::spacing, c] = 1.0
-    back, _ = warp_from_frame(comb, transform, photo_shape)
+    back, _ = warp_from_frame(comb, transform, photo_shape, sampling=sampling)
     chip = warp_to_frame(back * footprint, transform, frame)
     for c, (a, b) in enumerate(batch):
       responses[a, b] = chip[..., c]
