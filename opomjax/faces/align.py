@@ -163,6 +163,9 @@ def _box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
 
 #: How :func:`_affine_sample` reads the source between its pixels.
 SAMPLINGS = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
+#: How a mask is put into a photo by default (:func:`apply_mask_to_photo`, and the round trip that models it,
+#: :func:`opomjax.faces.roundtrip.roundtrip_weights`): one constant so that the two cannot disagree.
+MASK_SAMPLING = "nearest"
 
 
 def _check_sampling(sampling: str) -> str:
@@ -328,7 +331,7 @@ def frame_footprint(transform, frame: Frame, photo_shape, *, feather: float = 0.
 
 def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
                         region: Union[str, np.ndarray] = "face", feather: float = 0.0,
-                        sampling: str = "nearest") -> np.ndarray:
+                        sampling: str = MASK_SAMPLING) -> np.ndarray:
   """Adds a chip-space mask to the original photo: the protected photo, in the photo's own layout.
 
   ``protected = round(clip(photo + footprint * region_weight * warp_back(mask), 0, top))``, computed only in

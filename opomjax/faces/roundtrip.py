@@ -20,13 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from opomjax.faces.align import frame_footprint, transform_scale, warp_from_frame, warp_to_frame
+from opomjax.faces.align import MASK_SAMPLING, frame_footprint, transform_scale, warp_from_frame, warp_to_frame
 from opomjax.frame import CANONICAL, Frame
 
 
 def roundtrip_weights(transform, photo_shape, *, frame: Frame = CANONICAL, feather: float = 0.0,
                       radius: int | None = None, pixel_weights: np.ndarray | None = None,
-                      sampling: str = "nearest") -> np.ndarray:
+                      sampling: str = MASK_SAMPLING) -> np.ndarray:
   """The photo round trip of a chip-space mask as a local linear filter: ``(2r+1)^2`` weight maps.
 
   ``B`` gathers, for chip pixel ``q``, only mask pixels ``q + o`` with ``|o| <= r``:
