@@ -13,7 +13,7 @@ from scipy import ndimage, optimize
 from opomjax import faces
 from opomjax.faces import align as align_lib
 from opomjax.faces.landmarks import CANONICAL_DLIB5_LANDMARKS
-from opomjax.frame import ARCFACE_112, CANONICAL
+from opomjax.frame import ARCFACE_112, CANONICAL, make_frame
 
 real_data = pytest.mark.real_data
 
@@ -215,7 +215,7 @@ def test_apply_mask_to_photo_puts_in_the_nearest_mask_pixel():
   mask = rng.integers(-8, 9, (128, 128, 3)).astype(np.float32)
   transform = random_similarity(rng, (0.7, 1.1))
   transform[:, 2] = 64 - transform[:, :2] @ [130, 120]
-  added = faces.apply_mask_to_photo(photo, mask, transform).astype(np.float32) - 100
+  added = faces.apply_mask_to_photo(photo, mask, transform, refine_steps=0).astype(np.float32) - 100
   _, valid = faces.warp_from_frame(mask, transform, photo.shape)
   y, x = np.nonzero(valid)
   q = faces.apply_transform(transform, np.stack([x, y], -1).astype(float))
@@ -224,10 +224,68 @@ def test_apply_mask_to_photo_puts_in_the_nearest_mask_pixel():
   inside = (col <= 127) & (row <= 127) & ~tie  # the last half pixel of the footprint reads the edge pixel
   np.testing.assert_array_equal(added[y[inside], x[inside]], mask[row[inside], col[inside]])
   assert np.all(added[~valid] == 0)
-  smooth = faces.apply_mask_to_photo(photo, mask, transform, sampling="bilinear").astype(np.float32) - 100
+  smooth = faces.apply_mask_to_photo(photo, mask, transform, sampling="bilinear", refine_steps=0)
+  smooth = smooth.astype(np.float32) - 100
   assert np.mean(smooth[valid] != added[valid]) > 0.3
   with pytest.raises(ValueError, match="sampling"):
     faces.apply_mask_to_photo(photo, mask, transform, sampling="cubic")
+
+
+@pytest.mark.parametrize("scale", [0.8, 1.0, 1.3])
+def test_refine_insertion_approaches_the_box_constrained_least_squares_optimum(scale):
+  """The refined photo perturbation against scipy's lsq_linear on ``min |A p - mask|^2`` within the pixel budget,
+  with ``A`` (the cut into the chip) read off by pushing each photo pixel's unit impulse through warp_to_frame.
+  The sampled insertion is 9-18 % above the optimum on these cases; 10 steps bring it within 5 %."""
+  frame = make_frame("tiny", (12, 12), [[3, 4], [8, 4], [6, 6], [4, 9], [8, 9]])
+  rng = np.random.default_rng(int(scale * 10))
+  shape = (20, 22, 1)
+  angle = rng.uniform(-0.3, 0.3)
+  linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  transform = np.concatenate([linear, (np.array([5.5, 5.5]) - linear @ [10.5, 9.7])[:, None]], 1)
+  mask = rng.choice([-8.0, 8.0], (12, 12, 1)).astype(np.float32)
+  n = shape[0] * shape[1]
+  cut = np.stack([faces.warp_to_frame(np.eye(n, dtype=np.float32)[k].reshape(shape), transform, frame).ravel()
+                  for k in range(n)], axis=1).astype(np.float64)
+  footprint = faces.frame_footprint(transform, frame, shape)[..., None]
+  lower, upper = -8.0 * footprint, 8.0 * footprint
+  inside = footprint.ravel() > 0
+  best = optimize.lsq_linear(cut[:, inside], mask.ravel().astype(np.float64), bounds=(lower.ravel()[inside], upper.ravel()[inside]))
+  optimum = np.sum((cut[:, inside] @ best.x - mask.ravel()) ** 2)
+  sampled, _ = faces.warp_from_frame(mask, transform, shape, sampling="nearest")
+  sampled = sampled * footprint
+  refined = faces.refine_insertion(sampled, mask, transform, frame, steps=10, lower=lower, upper=upper)
+  assert np.all(refined >= lower) and np.all(refined <= upper)
+  error = lambda p: np.sum((faces.warp_to_frame(p, transform, frame) - mask) ** 2)
+  assert error(sampled) > 1.05 * optimum
+  assert error(refined) <= 1.05 * optimum
+  np.testing.assert_array_equal(faces.refine_insertion(sampled, mask, transform, frame, steps=0, lower=lower,
+                                                       upper=upper), sampled)
+
+
+def test_apply_mask_to_photo_refined_stays_in_budget_and_carries_the_mask_closer():
+  """With refine_steps the protected photo keeps every bound of the sampled insertion (the mask's own maximum,
+  the photo's range, the region weights, nothing outside the footprint) and its chip is closer to the mask."""
+  rng = np.random.default_rng(22)
+  photo = rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)
+  photo[:90] = 253  # near the top of the range: the budget shrinks to the photo's range
+  mask = rng.choice([-6.0, 6.0], (128, 128, 3)).astype(np.float32)
+  transform = random_similarity(rng, (0.8, 1.1))
+  transform[:, 2] = 64 - transform[:, :2] @ [130, 120]
+  _, valid = faces.warp_from_frame(mask, transform, photo.shape)
+  base = faces.warp_to_frame(photo, transform)
+  interior = (slice(4, 124), slice(4, 124))
+  errors = []
+  for steps in (0, faces.MASK_REFINE_STEPS):
+    protected = faces.apply_mask_to_photo(photo, mask, transform, refine_steps=steps)
+    diff = protected.astype(int) - photo
+    assert np.abs(diff).max() <= 6 and np.all(diff[~valid] == 0)
+    errors.append(np.sqrt(np.mean((faces.warp_to_frame(protected, transform) - base - mask)[interior] ** 2)))
+  assert errors[1] < 0.95 * errors[0]
+  np.testing.assert_array_equal(faces.apply_mask_to_photo(photo, mask, transform, region=np.zeros((128, 128)),
+                                                          refine_steps=10), photo)
+  for bad in (-1, 2.5, True):
+    with pytest.raises(ValueError, match="refine_steps"):
+      faces.apply_mask_to_photo(photo, mask, transform, refine_steps=bad)
 
 
 def test_apply_mask_to_photo_bounds_and_region_weights():

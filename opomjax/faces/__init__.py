@@ -12,6 +12,7 @@ Example:
 
 from opomjax.faces.align import (
     DEFAULT_MIN_FACE_SIZE,
+    MASK_REFINE_STEPS,
     AlignedFace,
     NoFaceError,
     align_face,
@@ -20,6 +21,7 @@ from opomjax.faces.align import (
     apply_transform,
     frame_footprint,
     invert_transform,
+    refine_insertion,
     similarity_transform,
     warp_from_frame,
     warp_to_frame,
@@ -31,6 +33,7 @@ from opomjax.faces.landmarks import CANONICAL_DLIB5_LANDMARKS, DlibLandmarks
 __all__ = [
     "CANONICAL_DLIB5_LANDMARKS",
     "DEFAULT_MIN_FACE_SIZE",
+    "MASK_REFINE_STEPS",
     "AlignedFace",
     "Detection",
     "DlibLandmarks",
@@ -49,6 +52,7 @@ __all__ = [
     "load_photo",
     "nms",
     "read_photo",
+    "refine_insertion",
     "similarity_transform",
     "warp_from_frame",
     "warp_to_frame",

@@ -556,14 +556,23 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
                   surrogate_weights=None if surrogate_weights is None else list(surrogate_weights),
                   faces=len(loaded) - len(skipped), eot=",".join(eot), eot_samples=int(eot_samples) if eot else 0,
                   ti_width=int(ti_width), di_probability=float(di_probability))
-  return ProtectionResult(photos=_apply(loaded, found, mask, feather), mask=mask, faces=found, skipped=skipped,
+  return ProtectionResult(photos=_apply(loaded, found, mask, metadata), mask=mask, faces=found, skipped=skipped,
                           trace=trace, metadata=metadata, choices=choices, originals=loaded)
 
 
+def refine_steps_for(metadata: Mapping[str, Any]) -> int:
+  """How many :func:`opomjax.faces.refine_insertion` steps put a mask with this metadata into a photo: none for a
+  mask optimised through the photo round trip (``roundtrip`` true: it was optimised as the sampled insertion
+  delivers it), :data:`opomjax.faces.MASK_REFINE_STEPS` otherwise."""
+  return 0 if metadata.get("roundtrip") else faces_lib.MASK_REFINE_STEPS
+
+
 def _apply(photos: Sequence[faces_lib.Photo], found: Sequence[faces_lib.AlignedFace | None], mask: np.ndarray,
-           feather: float) -> list[np.ndarray]:
+           metadata: Mapping[str, Any]) -> list[np.ndarray]:
+  feather, refine_steps = float(metadata["feather"]), refine_steps_for(metadata)
   return [photo.pixels if face is None else
-          faces_lib.apply_mask_to_photo(photo.pixels, mask, face.transform, frame=CANONICAL, feather=feather)
+          faces_lib.apply_mask_to_photo(photo.pixels, mask, face.transform, frame=CANONICAL, feather=feather,
+                                        refine_steps=refine_steps)
           for photo, face in zip(photos, found)]
 
 
@@ -633,5 +642,5 @@ def apply_saved_mask(photos, mask: np.ndarray, metadata: Mapping[str, Any] | Non
                                   show_progress=show_progress)
   found = [None if c is None else c.face for c in choices]
   metadata.update(feather=feather, faces=len(loaded) - len(skipped))
-  return ProtectionResult(photos=_apply(loaded, found, mask, feather), mask=mask, faces=found, skipped=skipped,
+  return ProtectionResult(photos=_apply(loaded, found, mask, metadata), mask=mask, faces=found, skipped=skipped,
                           trace=np.zeros((0,), np.float32), metadata=metadata, choices=choices, originals=loaded)

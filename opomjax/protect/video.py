@@ -591,6 +591,7 @@ def protect_video(video: str | os.PathLike, mask, out: str | os.PathLike, *, fac
   from tqdm import tqdm
 
   feather = float(metadata.get("feather", 0.0) if feather is None else feather)
+  refine_steps = photos_lib.refine_steps_for(metadata)
   min_face_size = faces_lib.DEFAULT_MIN_FACE_SIZE if min_face_size is None else float(min_face_size)
   max_gap = int(round(float(info.fps) / 2)) if max_gap is None else int(max_gap)
 
@@ -615,7 +616,8 @@ def protect_video(video: str | os.PathLike, mask, out: str | os.PathLike, *, fac
       return frame, skipped.get(0, "not_the_person")
     if started:
       starts.append(dict(frame=index, face=k + 1, faces=len(found)))
-    return faces_lib.apply_mask_to_photo(frame, mask, found[k].transform, frame=CANONICAL, feather=feather), None
+    return faces_lib.apply_mask_to_photo(frame, mask, found[k].transform, frame=CANONICAL, feather=feather,
+                                         refine_steps=refine_steps), None
 
   starts: list[dict[str, Any]] = []
   if show_progress:
