@@ -96,7 +96,19 @@ def test_mask_cell_must_divide_the_image():
                           mask_cell=3)
 
 
-TECHNIQUES = dict(ti_width=3, vmi_samples=1, di_probability=0.7, si_copies=2, ssa_rho=0.5, mask_cell=2)
+def test_fill_budget_moves_every_value_of_the_same_masks_to_epsilon():
+  x = images((2, 3, 16, 16, 3))
+  run = lambda **kw: np.asarray(ascent.generate_masks(toy_embed, x, method="opom-center", key=jax.random.key(3),
+                                                      steps=2, **kw))
+  plain, full = run(), run(fill_budget=True)
+  assert np.mean(np.abs(plain) < EPS) > 0.5  # two steps from a random start leave most values inside the box
+  np.testing.assert_array_equal(full, np.where(plain > 0, EPS, np.where(plain < 0, -EPS, 0.0)))
+  with pytest.raises(ValueError, match="fill_budget must be True or False"):
+    run(fill_budget="yes")
+
+
+TECHNIQUES = dict(ti_width=3, vmi_samples=1, di_probability=0.7, si_copies=2, ssa_rho=0.5, mask_cell=2,
+                  fill_budget=True)
 
 
 @pytest.mark.parametrize("names", [()] + [(n,) for n in TECHNIQUES] + [tuple(TECHNIQUES)],

@@ -114,6 +114,8 @@ class AscentConfig:
     mid_feature_guided: the term is the intermediate-level attack's projection onto the change a guide mask
       made (:func:`opomjax.core.objectives.mid_feature_projection`; the guide's activations come with the
       clean features) instead of the distortion.
+    fill_budget: after the last step, every value of the mask moved to the budget in its own direction
+      (:func:`opomjax.core.transfer.fill_budget`).
   """
 
   method: str = "opom-convex"
@@ -142,6 +144,7 @@ class AscentConfig:
   mid_feature_weight: float = 0.0
   mid_feature_depth: float = 0.5
   mid_feature_guided: bool = False
+  fill_budget: bool = False
 
 
 class AscentState(NamedTuple):
@@ -173,6 +176,12 @@ def mask_from_grid(cfg: AscentConfig, grid: jax.Array, height: int, width: int) 
   if cfg.mask_cell == 1:
     return grid
   return jax.image.resize(grid, grid.shape[:-3] + (height, width, 3), method="linear", antialias=False)
+
+
+def final_mask(cfg: AscentConfig, grid: jax.Array, height: int, width: int) -> jax.Array:
+  """The mask the steps leave (:func:`mask_from_grid`), under ``fill_budget`` moved to the budget."""
+  mask = mask_from_grid(cfg, grid, height, width)
+  return transfer.fill_budget(mask, cfg.epsilon) if cfg.fill_budget else mask
 
 
 def grid_from_mask(cfg: AscentConfig, mask: jax.Array) -> jax.Array:
@@ -416,7 +425,7 @@ def identity_mask(cfg: AscentConfig, net: Network, images: jax.Array, delta0: ja
   clean = clean_features(net, images, None, cfg) if needs_clean_features(cfg) else None
   step = functools.partial(ascent_step, cfg, net, images, clean, key)
   state, trace = jax.lax.scan(step, initial_state(cfg, delta0), jnp.arange(cfg.steps, dtype=jnp.int32))
-  return mask_from_grid(cfg, state.delta, images.shape[-3], images.shape[-2]), trace
+  return final_mask(cfg, state.delta, images.shape[-3], images.shape[-2]), trace
 
 
 def identity_segment(cfg: AscentConfig, length: int, net: Network, images: jax.Array, clean: jax.Array | None,
@@ -704,6 +713,8 @@ def validate_transfer_options(cfg: AscentConfig) -> None:
     raise ValueError(f"input_samples must be a positive integer, got {cfg.input_samples!r}")
   if not _is_integer(cfg.mask_cell) or cfg.mask_cell < 1:
     raise ValueError(f"mask_cell must be a positive integer (1: every pixel free), got {cfg.mask_cell!r}")
+  if not isinstance(cfg.fill_budget, (bool, np.bool_)):
+    raise ValueError(f"fill_budget must be True or False, got {cfg.fill_budget!r}")
   if not np.isfinite(cfg.mid_feature_weight) or cfg.mid_feature_weight < 0:
     raise ValueError(f"mid_feature_weight must be a non-negative finite number (0: off), got "
                      f"{cfg.mid_feature_weight}")
@@ -831,7 +842,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    ti_width: int = 1, vmi_samples: int = 0, vmi_beta: float = 1.5, di_probability: float = 0.0,
                    si_copies: int = 1, ssa_rho: float = 0.0, input_samples: int = 1, mask_cell: int = 1,
                    mid_feature_weight: float = 0.0, mid_feature_depth: float = 0.5,
-                   mid_feature_guide: jax.Array | None = None):
+                   mid_feature_guide: jax.Array | None = None, fill_budget: bool = False):
   """One universal privacy mask per identity (OPOM and the methods it is compared with).
 
   The steps of every identity are vmapped over identities and optionally spread over every local device
@@ -918,6 +929,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
       value before they are joined (:func:`member_gradient`); needs ``activations_fn``; 0: off.
     mid_feature_depth: the activation that term reads, as a relative depth in ``[0, 1]`` among those
       ``activations_fn`` returns (0.5: the middle one).
+    fill_budget: after the last step, move every value of the mask to ``+-epsilon`` in its own direction
+      (:func:`opomjax.core.transfer.fill_budget`): the same steps, a mask at its full budget.
     mid_feature_guide: ``(k, H, W, 3)`` masks made before (e.g. by this function without the term), within
       ``epsilon``: the term becomes the intermediate-level attack's projection onto the change each guide mask
       makes in that activation (:func:`opomjax.core.objectives.mid_feature_projection`); a refinement of the
@@ -980,7 +993,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                      ssa_rho=_as_number(ssa_rho, "ssa_rho"), input_samples=input_samples, mask_cell=mask_cell,
                      mid_feature_weight=_as_number(mid_feature_weight, "mid_feature_weight"),
                      mid_feature_depth=_as_number(mid_feature_depth, "mid_feature_depth"),
-                     mid_feature_guided=mid_feature_guide is not None)
+                     mid_feature_guided=mid_feature_guide is not None, fill_budget=fill_budget)
   if not isinstance(images, jax.Array):
     try:
       images = np.asarray(images)
@@ -1043,7 +1056,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
         jax.vmap(functools.partial(initial_state, cfg))(init), identity_keys, cfg.steps, length, report)
   finally:
     close()
-  masks = mask_from_grid(cfg, grids, height, width)
+  masks = final_mask(cfg, grids, height, width)
   if method == "fi-uap-all":
     masks = jnp.broadcast_to(masks, (k, height, width, 3))
     trace = jnp.broadcast_to(trace, (k, cfg.steps))

@@ -305,6 +305,18 @@ def eot_gradient(fn: Callable[[jax.Array], jax.Array], images: jax.Array, key: j
   return expected_gradient(fn, images, key, samples, channel)
 
 
+def fill_budget(mask: jax.Array, epsilon: float) -> jax.Array:
+  """Every value of ``mask`` moved to the budget in its own direction: ``epsilon * sign(mask)`` (zeros stay).
+
+  The signed steps leave part of a mask inside the box — values whose gradient sign kept changing, or that had
+  not travelled from their random start when the steps ran out (after 16 steps of 1 on the dlib + faceres
+  ensemble 56 % of the values sit at ``+-epsilon``, after 50 steps 75 %). Pushed out to the box's vertices
+  along their own sign, the mask keeps its pattern and its L-inf bound and spends all of it, as the fast
+  gradient sign method's single step does (Goodfellow et al., ICLR 2015).
+  """
+  return epsilon * jnp.sign(mask)
+
+
 def input_diversity(key: jax.Array, images: jax.Array, probability: float, min_scale: float = 0.9) -> jax.Array:
   """DI (Xie et al., CVPR 2019): with ``probability``, ``images`` ``(..., H, W, 3)`` shrunk by a random factor
   in ``[min_scale, 1]`` and placed at a random offset on a black ``H x W`` canvas; otherwise unchanged.

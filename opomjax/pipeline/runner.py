@@ -100,11 +100,12 @@ def uses_mdfa(config) -> bool:
 def variant_suffix(config, separator: str) -> str:
   """``mdfa`` (momentum + DFANet), ``clean_once`` (DFANet's clean features taken once), ``eot`` (expectation over
   transformation), each transfer technique that is on with its value (e.g. ``ti_width7``,
-  ``di_probability0.5``; :data:`settings.TRANSFER_OPTIONS`) and ``guided`` (refined from earlier masks,
-  ``mid_feature_guide``) joined by ``separator``."""
+  ``di_probability0.5``; a switch by its name alone, ``fill_budget``; :data:`settings.TRANSFER_OPTIONS`) and
+  ``guided`` (refined from earlier masks, ``mid_feature_guide``) joined by ``separator``."""
   parts = ["mdfa"] * uses_mdfa(config) + ["clean_once"] * bool(config.get("dfanet_clean_once", False))
   parts += ["eot"] * bool(settings_lib.eot_channels(config))
-  parts += [f"{name}{value:g}" for name, value in settings_lib.transfer_options(config).items()]
+  parts += [name if isinstance(value, bool) else f"{name}{value:g}"
+            for name, value in settings_lib.transfer_options(config).items()]
   parts += ["guided"] * bool(settings_lib.mid_feature_guide(config))
   return "".join(separator + p for p in parts)
 

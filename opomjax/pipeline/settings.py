@@ -110,7 +110,7 @@ def mask_options(config, method: str) -> dict:
 TRANSFER_OPTIONS = {"ti_width": (int, 1), "vmi_samples": (int, 0), "vmi_beta": (float, 1.5),
                     "di_probability": (float, 0.0), "si_copies": (int, 1), "ssa_rho": (float, 0.0),
                     "input_samples": (int, 1), "mask_cell": (int, 1), "mid_feature_weight": (float, 0.0),
-                    "mid_feature_depth": (float, 0.5)}
+                    "mid_feature_depth": (float, 0.5), "fill_budget": (bool, False)}
 
 
 def transfer_options(config) -> dict:
@@ -121,6 +121,8 @@ def transfer_options(config) -> dict:
     value = config.get(name, off)
     if kind is int and (isinstance(value, bool) or not float(value).is_integer()):
       raise ValueError(f"{name} must be an integer, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+      raise ValueError(f"{name} must be True or False, got {value!r}")
     if value != off:
       out[name] = kind(value)
   return out
