@@ -479,6 +479,12 @@ def test_bad_arguments_are_one_line_errors_before_any_work(capsys, tmp_path, pho
   assert not list((tmp_path / "out").glob("*.png"))
 
 
+def test_fill_budget_must_be_a_switch():
+  protect.check_options(fill_budget=True)
+  with pytest.raises(ValueError, match="fill_budget must be True or False, got 'yes'"):
+    protect.check_options(fill_budget="yes")
+
+
 def test_unwritable_out_is_refused_before_any_work(capsys, tmp_path, photo_folder, no_work):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a folder")
@@ -540,6 +546,9 @@ def test_saved_mask_that_does_not_fit_is_refused_in_one_line(capsys, tmp_path, p
   status, out, err = run_cli(capsys, "--photos", photo_folder, "--out", tmp_path / "out", "--mask",
                              tmp_path / "good.npz", "--steps=4")
   assert_one_line_error(status, out, err, "--steps", "--mask")
+  status, out, err = run_cli(capsys, "--photos", photo_folder, "--out", tmp_path / "out", "--mask",
+                             tmp_path / "good.npz", "--no-fill_budget")
+  assert_one_line_error(status, out, err, "--fill_budget", "--mask")
 
 
 @pytest.mark.real_data
@@ -605,21 +614,31 @@ def test_transfer_options_reach_the_ascent_and_are_recorded(person_photos, detec
   real = opomjax.generate_masks
 
   def generate_masks(*args, **kwargs):
-    seen.update(ti_width=kwargs["ti_width"], di_probability=kwargs["di_probability"])
+    seen.update(ti_width=kwargs["ti_width"], di_probability=kwargs["di_probability"],
+                fill_budget=kwargs["fill_budget"])
     return real(*args, **kwargs)
 
   monkeypatch.setattr(opomjax, "generate_masks", generate_masks)
-  result = protect.protect_photos(person_photos[:3], surrogates=(dlib_model,), detector=detector, steps=1,
-                                  show_progress=False, ti_width=5, di_probability=0.5)
-  assert seen == {"ti_width": 5, "di_probability": 0.5}
+  common = dict(surrogates=(dlib_model,), detector=detector, steps=1, show_progress=False, ti_width=5,
+                di_probability=0.5)
+  result = protect.protect_photos(person_photos[:3], **common)
+  assert seen == {"ti_width": 5, "di_probability": 0.5, "fill_budget": False}
   assert result.metadata["ti_width"] == 5 and result.metadata["di_probability"] == 0.5
+  assert result.metadata["fill_budget"] is False
   assert np.abs(result.mask).max() <= 8.0
+  assert np.mean(np.abs(result.mask) == 8.0) < 0.5  # one step of 1 from a random start: most values inside
+  filled = protect.protect_photos(person_photos[:3], fill_budget=True, **common)
+  assert seen["fill_budget"] is True and filled.metadata["fill_budget"] is True
+  np.testing.assert_array_equal(filled.mask, 8.0 * np.sign(result.mask))  # the same mask, moved to the budget
 
 
 @pytest.mark.parametrize("flags, expected", [
     ([], dict(surrogates=("dlib_resnet", "sface", "faceres", "mobileface"), ti_width=7, di_probability=0.5,
-              steps=50)),
-    (["--preset=fast"], dict(surrogates=("dlib_resnet",), ti_width=1, di_probability=0.0, steps=16)),
+              steps=50, fill_budget=False)),
+    (["--preset=fast"], dict(surrogates=("dlib_resnet",), ti_width=1, di_probability=0.0, steps=16,
+                             fill_budget=True)),
+    (["--preset=fast", "--no-fill_budget"], dict(surrogates=("dlib_resnet",), fill_budget=False)),
+    (["--fill_budget"], dict(steps=50, fill_budget=True)),
     (["--preset=fast", "--ti_width=5"], dict(surrogates=("dlib_resnet",), ti_width=5, di_probability=0.0)),
     (["--preset=fast", "--steps=30"], dict(surrogates=("dlib_resnet",), steps=30)),
     (["--surrogates=sface"], dict(surrogates=["sface"], ti_width=7, di_probability=0.5, steps=50)),

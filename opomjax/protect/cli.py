@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
   add("--select", dest="face", type=_comma_list, help=argparse.SUPPRESS)  # the flag's former name
   add("--preset", choices=tuple(defaults.PRESETS), default=None,
       help="transfer (default): computed on dlib_resnet, sface, faceres and mobileface with TI and DI, for "
-           "recognisers the mask never saw; fast: dlib_resnet alone, plain steps (less than half the time, little "
-           "protection beyond dlib). Flags given explicitly override the preset")
+           "recognisers the mask never saw; fast: dlib_resnet alone, plain steps, the mask moved to its "
+           "budget (less than half the time, little protection beyond dlib). Flags given explicitly override the preset")
   add("--surrogates", type=_comma_list, default=None,
       help=f"models the mask is computed on (default: the preset's, {','.join(defaults.SURROGATES)})")
   add("--surrogate_weights", type=_comma_list, default=None, help="one weight per surrogate (default: equal)")
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
   add("--di_probability", type=float, default=None,
       help=f"probability that a step sees the faces randomly shrunk and shifted (DI; helps unseen models; 0: "
            f"off; default: the preset's, {defaults.DI_PROBABILITY})")
+  add("--fill_budget", action=argparse.BooleanOptionalAction, default=None,
+      help="move every value of the finished mask to +-epsilon in its own direction (more protection at few "
+           "steps, no cost; default: the preset's, on for fast, off for transfer)")
   add("--feather", type=float, default=None, help="pixels over which the mask fades out at the face region's edge")
   add("--min_face_size", type=float, default=None, help="faces smaller than this (pixels) are left unprotected")
   add("--format", dest="image_format", choices=("png", "jpeg"), default="png",
@@ -117,7 +120,7 @@ def _options(args: argparse.Namespace) -> dict:
   mask_settings = dict(surrogates=args.surrogates, surrogate_weights=weights, method=args.method,
                        epsilon=args.epsilon, steps=args.steps, step_size=args.step_size, momentum=args.momentum,
                        dropout=args.dropout, key=args.seed, eot=args.eot, eot_samples=args.eot_samples,
-                       ti_width=args.ti_width, di_probability=args.di_probability)
+                       ti_width=args.ti_width, di_probability=args.di_probability, fill_budget=args.fill_budget)
   if args.mask is not None:
     given_settings = [f"--{'seed' if k == 'key' else k}" for k, v in mask_settings.items() if v is not None]
     if args.preset is not None:

@@ -409,7 +409,8 @@ def check_options(*, method: str = "opom-convex", epsilon: float = 8.0, steps: i
                   feather: float = 0.0, min_face_size: float = faces_lib.DEFAULT_MIN_FACE_SIZE,
                   select: str = "similar", surrogate_weights: Sequence[float] | None = None,
                   surrogate_count: int | None = None, allow_large_epsilon: bool = False, eot: Sequence[str] = (),
-                  eot_samples: int = 4, ti_width: int = 1, di_probability: float = 0.0) -> None:
+                  eot_samples: int = 4, ti_width: int = 1, di_probability: float = 0.0,
+                  fill_budget: bool = False) -> None:
   """ValueError naming the first bad option of :func:`protect_photos`; pure Python, nothing is computed."""
   if method not in ascent.METHODS:
     raise ValueError(f"method must be one of {', '.join(ascent.METHODS)}; got {method!r}")
@@ -433,6 +434,8 @@ def check_options(*, method: str = "opom-convex", epsilon: float = 8.0, steps: i
       raise ValueError(f"eot_samples must be a positive integer, got {eot_samples!r}")
   if isinstance(ti_width, bool):
     raise ValueError(f"ti_width must be a positive odd integer (1: no smoothing), got {ti_width!r}")
+  if not isinstance(fill_budget, (bool, np.bool_)):
+    raise ValueError(f"fill_budget must be True or False, got {fill_budget!r}")
   ascent.validate_transfer_options(ascent.AscentConfig(
       ti_width=ti_width, di_probability=_number(di_probability, "di_probability", low=0.0, high=1.0)))
 
@@ -450,7 +453,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
                    surrogate_weights: Sequence[float] | None = None, allow_large_epsilon: bool = False,
                    allow_random_weights: bool = False, eot: Sequence[str] = (), eot_samples: int = 4,
                    ti_width: int = defaults.TI_WIDTH, di_probability: float = defaults.DI_PROBABILITY,
-                   show_progress: bool = True) -> ProtectionResult:
+                   fill_budget: bool = defaults.FILL_BUDGET, show_progress: bool = True) -> ProtectionResult:
   """Computes one privacy mask for a person from their photos and adds it to each of them.
 
   Args:
@@ -490,6 +493,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
       kernel (default 7); 1: off (:func:`opomjax.core.update_rules.translation_invariant`).
     di_probability: input diversity (DI): the probability that a step sees the masked faces randomly shrunk
       and shifted (default 0.5); 0: off (:func:`opomjax.core.transfer.input_diversity`).
+    fill_budget: after the last step, move every value of the mask to ``±epsilon`` in its own direction
+      (:func:`opomjax.core.transfer.fill_budget`; default off, on in the ``fast`` preset of the command line).
     show_progress: progress bars and log lines.
 
   Returns:
@@ -504,7 +509,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
                 dropout=dropout, feather=feather, min_face_size=min_face_size, select=select,
                 surrogate_weights=surrogate_weights, allow_large_epsilon=allow_large_epsilon,
                 surrogate_count=len(surrogates) if not isinstance(surrogates, (str, base.FaceModel)) else 1,
-                eot=tuple(eot), eot_samples=eot_samples, ti_width=ti_width, di_probability=di_probability)
+                eot=tuple(eot), eot_samples=eot_samples, ti_width=ti_width, di_probability=di_probability,
+                fill_budget=fill_budget)
   loaded = read_photos(photos)
   models = load_surrogates(surrogates, dropout, allow_random_weights=allow_random_weights)
   prng, seed = _as_key(key)
@@ -545,7 +551,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
       step_size=step_size, steps=steps, momentum=momentum, dfanet=dropout > 0, return_trace=True,
       allow_large_epsilon=allow_large_epsilon, eot=tuple(eot), eot_samples=eot_samples,
       surrogate_weights=surrogate_weights, ti_width=int(ti_width), di_probability=float(di_probability),
-      progress=bool(show_progress))
+      fill_budget=bool(fill_budget), progress=bool(show_progress))
   mask, trace = np.asarray(mask[0], np.float32), np.asarray(trace[0])
   if show_progress:
     log.info("mask computed in %.1f s", time.time() - start)
@@ -555,7 +561,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
                   dropout=float(dropout), roundtrip=bool(roundtrip), feather=float(feather),
                   surrogate_weights=None if surrogate_weights is None else list(surrogate_weights),
                   faces=len(loaded) - len(skipped), eot=",".join(eot), eot_samples=int(eot_samples) if eot else 0,
-                  ti_width=int(ti_width), di_probability=float(di_probability))
+                  ti_width=int(ti_width), di_probability=float(di_probability), fill_budget=bool(fill_budget))
   return ProtectionResult(photos=_apply(loaded, found, mask, metadata), mask=mask, faces=found, skipped=skipped,
                           trace=trace, metadata=metadata, choices=choices, originals=loaded)
 
