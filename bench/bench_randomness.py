@@ -8,12 +8,13 @@ For each model, on ``n`` random canonical 128x128 images of one identity, OPOM-C
 
 * ``plain``: momentum without DFANet (the floor the dropout adds to);
 * ``threefry``: DFANet with keep masks from ``jax.random.bernoulli`` (Threefry; what the project drew before);
-* ``hash``: DFANet with the keyed hash of :mod:`opomjax.models.dropout` (the default);
-* ``once``: the hash, with the clean features taken once without dropout (``dfanet_clean_once=True``).
+* ``hash``: DFANet with the keyed hash of :mod:`opomjax.models.dropout` (the default generator);
+* ``once``: the hash, with the clean features taken once without dropout (``dfanet_clean_once=True``, the
+  default of :func:`opomjax.generate_masks` and the launchers).
 
-Under DFANet a step also recomputes the clean features with dropout (a second forward pass, as the official
-code does), so its floor is above ``plain`` by about one forward pass whatever the generator; ``once`` drops
-that pass.
+``threefry`` and ``hash`` recompute the clean features under dropout at every step (``dfanet_clean_once=False``:
+a second forward pass, as the official code and the ``_mdfa`` configs do), so their floor is above ``plain`` by
+about one forward pass whatever the generator; ``once`` drops that pass.
 
 Everything is measured in one run of this script, so the ratios hold on a shared machine too.
 """

@@ -181,7 +181,7 @@ def test_momentum_and_dfanet_paths():
   """DFANet-M (official --DFANet 1): momentum plus dropout keys, with params passed apart from the function."""
 
   common = dict(method="opom-center", epsilon=EPS, step_size=ALPHA, steps=STEPS, momentum=1.0, dfanet=True,
-                params=PARAMS)
+                dfanet_clean_once=False, params=PARAMS)
   masks = ascent.generate_masks(apply_embed, IMAGES, key=jax.random.key(7), **common)
   again = ascent.generate_masks(apply_embed, IMAGES, key=jax.random.key(7), **common)
   other = ascent.generate_masks(apply_embed, IMAGES, init=initial_masks(), key=jax.random.key(9), **common)
@@ -193,9 +193,10 @@ def test_momentum_and_dfanet_paths():
   assert not np.array_equal(np.asarray(masks), np.asarray(plain))
 
 
-def test_dfanet_clean_once_takes_the_clean_features_once_without_dropout():
-  """``dfanet_clean_once``: the hull's points are the dropout-free features, computed once (one ``key=None``
-  forward of the clean images, traced once), while the masked images still see fresh dropout every step."""
+def test_dfanet_takes_the_clean_features_once_without_dropout_unless_told_otherwise():
+  """``dfanet_clean_once`` (the default): the hull's points are the dropout-free features, computed once (one
+  ``key=None`` forward of the clean images, traced once), while the masked images still see fresh dropout every
+  step; ``dfanet_clean_once=False`` recomputes them under dropout every step, as the official code."""
   calls = []
 
   def spy(params, images, key=None):
@@ -204,10 +205,10 @@ def test_dfanet_clean_once_takes_the_clean_features_once_without_dropout():
 
   common = dict(method="opom-center", epsilon=EPS, step_size=ALPHA, steps=STEPS, momentum=1.0, dfanet=True,
                 params=PARAMS, key=jax.random.key(7))
-  once = ascent.generate_masks(spy, IMAGES, dfanet_clean_once=True, **common)
+  once = ascent.generate_masks(spy, IMAGES, **common)
   assert calls.count("clean") == 1 and calls.count("dropout") >= 1
   calls.clear()
-  per_step = ascent.generate_masks(spy, IMAGES, **common)
+  per_step = ascent.generate_masks(spy, IMAGES, dfanet_clean_once=False, **common)
   assert "clean" not in calls and calls.count("dropout") >= 2  # the official way: clean features under dropout
   np.testing.assert_array_equal(np.asarray(once), np.asarray(
       ascent.generate_masks(apply_embed, IMAGES, dfanet_clean_once=True, **common)))  # same key, same mask
@@ -217,8 +218,9 @@ def test_dfanet_clean_once_takes_the_clean_features_once_without_dropout():
   apply_no_dropout = functools.partial(TinyFaceNet(dropout_rate=0.0).apply)
   no_dropout = lambda params, images, key=None: apply_no_dropout(params, images, key)[0]
   plain = ascent.generate_masks(no_dropout, IMAGES, **dict(common, dfanet=False))
-  np.testing.assert_array_equal(
-      np.asarray(ascent.generate_masks(no_dropout, IMAGES, dfanet_clean_once=True, **common)), np.asarray(plain))
+  for clean_once in (True, False):
+    np.testing.assert_array_equal(np.asarray(ascent.generate_masks(
+        no_dropout, IMAGES, dfanet_clean_once=clean_once, **common)), np.asarray(plain))
 
 
 def test_momentum_zero_is_plain_signed_gradient():
@@ -264,7 +266,7 @@ def with_value(array, index, value):
     (dict(steps=True), "steps"),
     (dict(momentum=np.nan), "momentum"),
     (dict(dfanet="yes"), "dfanet"),
-    (dict(dfanet_clean_once=True), "dfanet_clean_once=True needs dfanet=True"),
+    (dict(dfanet=True, dfanet_clean_once="yes"), "dfanet_clean_once must be True or False"),
     (dict(method="opom-convex", lower=0.6, upper=0.4), "lower must not exceed upper"),
     (dict(method="opom-convex", lower=np.nan), "lower"),
     (dict(init=with_value(jnp.zeros((K, SIZE, SIZE, 3)), (1, 0, 0, 0), np.nan)), "init contains NaN"),
@@ -437,12 +439,14 @@ def test_eq14_loop_tells_momentum_and_normalisation_apart():
   assert 0.1 < at_bound.mean() < 0.95  # the L-inf clip is active but not everywhere
 
 
-def test_run_in_pieces_reports_progress_and_gives_the_same_masks():
+@pytest.mark.parametrize("clean_once", [True, False], ids=["dfanet_clean_once", "dfanet_clean_per_step"])
+def test_run_in_pieces_reports_progress_and_gives_the_same_masks(clean_once):
   """Pieces (by default 4 pieces of 1 step here) carry masks, momentum, step indices and dropout keys over: masks
   and traces equal the run in one piece of all steps bit for bit, across the hull's warm start too.
   (A shorter last piece is covered in test_parallel.py.)"""
   common = dict(method="opom-convex", key=jax.random.key(7), epsilon=EPS, step_size=ALPHA, steps=STEPS,
-                warmup_center_steps=1, momentum=0.5, dfanet=True, params=PARAMS, return_trace=True)
+                warmup_center_steps=1, momentum=0.5, dfanet=True, dfanet_clean_once=clean_once, params=PARAMS,
+                return_trace=True)
   whole, whole_trace = ascent.generate_masks(apply_embed, IMAGES, steps_per_call=STEPS, **common)
   seen = []
   pieces, pieces_trace = ascent.generate_masks(apply_embed, IMAGES, progress=lambda done, total: seen.append(

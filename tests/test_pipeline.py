@@ -259,11 +259,12 @@ NUM_TOY_IDS = 4
 
 
 def toy_config(**overrides):
-  """The fi-uap config on 4 synthetic identities in groups of 2, 2 steps, momentum + DFANet ("-mdfa")."""
+  """The fi-uap config on 4 synthetic identities in groups of 2, 2 steps, momentum + DFANet as the ``_mdfa``
+  configs run it (the clean features under dropout, "-mdfa")."""
   config = common.method_config("fi-uap", "dlib")
   config.update_from_flattened_dict({
       "dataset.name": "synthetic", "dataset.num_identities": NUM_TOY_IDS, "group_size": 2, "steps": 2,
-      "momentum": 1.0, "dropout": 0.05, "targets": "dlib_resnet",
+      "momentum": 1.0, "dropout": 0.05, "dfanet_clean_once": False, "targets": "dlib_resnet",
       **{k.replace("__", "."): v for k, v in overrides.items()}})
   return config
 
@@ -699,9 +700,15 @@ def test_dfanet_clean_once_reaches_generate_masks_is_recorded_and_names_the_run(
   _, meta = masks.load_identity_mask(workdirs["fi-uap"], "synthetic_0000")
   assert meta["settings"]["dfanet_clean_once"] is True
   assert "dfanet_clean_once" not in settings.generation_settings(toy_config(), "fi-uap")  # off: not recorded
-  with pytest.raises(ValueError, match="dfanet_clean_once=True needs dfanet=True") as refusal:
-    runner.generate_all(toy_config(dropout=0.0, dfanet_clean_once=True), tmp_path / "bad", protocol=toy_protocol())
-  assert "\n" not in str(refusal.value) and toy_run["load_surrogate"] == 1  # refused before loading again
+  # On by default, off in the _mdfa configs (the official code's DFANet, as their records were made).
+  assert common.base_config().dfanet_clean_once is True
+  assert common.method_config("fi-uap", "dlib_mdfa").dfanet_clean_once is False
+  assert common.method_config("fi-uap", "sface_mdfa_full").dfanet_clean_once is False
+  # Without DFANet it changes nothing: neither passed, recorded nor named.
+  plain = toy_config(dropout=0.0, momentum=0.0, dfanet_clean_once=True)
+  assert "dfanet_clean_once" not in settings.mask_options(plain, "fi-uap")
+  assert "dfanet_clean_once" not in settings.generation_settings(plain, "fi-uap")
+  assert runner.run_name("fi-uap", plain) == runner.run_name("fi-uap", toy_config(dropout=0.0, momentum=0.0))
 
 
 @pytest.mark.parametrize("field,value,match", [

@@ -3,7 +3,8 @@
 Variants (the ``:ARG`` after a config file name): ``dlib`` (surrogate dlib ResNet), ``sface`` (surrogate SFace in
 JAX), ``faceres`` or ``mobileface`` (the TensorFlow.js models in JAX; the surrogate is always also evaluated as a
 target, white-box), each optionally with ``_mdfa`` (momentum + DFANet, the paper's Table 4/5 setting: 100 steps, μ = 1.0,
-dropout 0.1; 0.02 for SFace, whose plain chain of convolutions does not tolerate more; faceres and mobileface
+dropout 0.1, the clean features recomputed under dropout at every step as the official code does, where DFANet
+elsewhere takes them once, ``config.dfanet_clean_once``; 0.02 for SFace, whose plain chain of convolutions does not tolerate more; faceres and mobileface
 lose their features even at 0.02, so a run with them under DFANet stops before its first step and names the
 model, ``opomjax.models.dropout.check_dropout_tolerance``, unless ``--config.dropout`` is lowered to ~0.01),
 and ``_full`` (all 62
@@ -42,7 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.steps = 16
   config.momentum = 0.0  # 0: plain signed gradient; > 0: decay μ of Eq. 14
   config.dropout = 0.0  # DFANet dropout rate (Eq. 15); 0 disables it
-  config.dfanet_clean_once = False  # DFANet: clean features once, without dropout (one forward pass less a step)
+  # DFANet: the clean features once, without dropout (one forward pass less a step, the same protection within
+  # noise: docs/performance.md); False recomputes them under dropout every step, as the official code (_mdfa).
+  config.dfanet_clean_once = True
   config.lower = 0.0  # reduced convex hull bounds (opom-convex)
   config.upper = 1.0
   config.warmup_center_steps = 5  # opom-convex: class-centre steps before the hull (the official --nter)
@@ -115,6 +118,7 @@ def method_config(methods: str, arg: str = "dlib") -> ml_collections.ConfigDict:
     # The paper's rate 0.1 is for residual IR-50s. SFace is a plain chain of 27 convolutions where dropout
     # compounds: at 0.1 its dropped-out embeddings are near chance (cosine 0.23 to the clean ones), at 0.02 0.87.
     config.dropout = 0.02 if "sface" in config.surrogate.split(",") else 0.1
+    config.dfanet_clean_once = False  # the official code's DFANet, as Tables 4-5 and their records were made
   if "eot" in parts:
     config.eot = "none,jpeg,resize,blur"
   if "full" in parts:

@@ -86,8 +86,9 @@ class AscentConfig:
     upper: ``U`` of the reduced hull (``"opom-convex"``).
     solver: QP solver for the hull coefficients.
     dfanet: whether the network is called with a fresh dropout key at every step (Eq. 15).
-    dfanet_clean_once: under DFANet, take the clean features once, without dropout, instead of again under a
-      fresh dropout key at every step (as the official code does): one forward pass less per step.
+    dfanet_clean_once: under DFANet, take the clean features once, without dropout (the default: one forward
+      pass less per step, the same protection within noise, docs/performance.md), instead of again under a
+      fresh dropout key at every step (False: as the official code does). No effect without DFANet.
     eot: channels of :mod:`opomjax.core.transfer` to average the gradient over (expectation over
       transformation); empty: none.
     eot_samples: random channel draws per step under ``eot``.
@@ -128,7 +129,7 @@ class AscentConfig:
   upper: float = 1.0
   solver: str = "osqp"
   dfanet: bool = False
-  dfanet_clean_once: bool = False
+  dfanet_clean_once: bool = True
   eot: tuple[str, ...] = ()
   eot_samples: int = 4
   eot_rounding: str = "ste"
@@ -674,8 +675,6 @@ def validate_config(cfg: AscentConfig, n_images: int, *, allow_large_epsilon: bo
     raise ValueError(f"dfanet must be True or False, got {cfg.dfanet!r}")
   if not isinstance(cfg.dfanet_clean_once, (bool, np.bool_)):
     raise ValueError(f"dfanet_clean_once must be True or False, got {cfg.dfanet_clean_once!r}")
-  if cfg.dfanet_clean_once and not cfg.dfanet:
-    raise ValueError("dfanet_clean_once=True needs dfanet=True (it changes how DFANet takes the clean features)")
   if cfg.eot:
     transfer.check_channels(cfg.eot)
     if not _is_integer(cfg.eot_samples) or cfg.eot_samples < 1:
@@ -834,7 +833,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    momentum: float | None = None, warmup_center_steps: int = OFFICIAL_WARMUP_CENTER_STEPS,
                    lower: float = 0.0, upper: float = 1.0, activations_fn: EmbedFn | None = None,
                    solver: str = "osqp", parallel: str | None = None, dfanet: bool = False, params: Any = None,
-                   dfanet_clean_once: bool = False,
+                   dfanet_clean_once: bool = True,
                    devices: Sequence[jax.Device] | None = None, return_trace: bool = False,
                    allow_large_epsilon: bool = False, progress: ProgressFn | bool | None = None,
                    steps_per_call: int | None = None, eot: Sequence[str] = (), eot_samples: int = 4,
@@ -891,9 +890,10 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
     parallel: None (one device), ``"pmap"`` or ``"shard_map"`` (identities spread over the local devices).
     dfanet: apply the network's dropout with a fresh key per step (Eq. 15).
     dfanet_clean_once: under DFANet, the clean features (the hull's points) are computed once without
-      dropout instead of under a fresh dropout key at every step as in the official code; the masked images
-      still see dropout (``embed_fn`` is called with ``key=None`` for them, which must mean no dropout, as for
-      ``FaceModel``). Saves one forward pass per step; docs/performance.md measures time and protection.
+      dropout (the default) instead of under a fresh dropout key at every step as in the official code
+      (False); the masked images still see dropout (``embed_fn`` is called with ``key=None`` for the clean
+      ones, which must mean no dropout, as for ``FaceModel``). Saves one forward pass per step for the same
+      protection within noise (docs/performance.md). No effect without DFANet.
     params: model parameters passed first to ``embed_fn`` / ``activations_fn``, or None; for an ensemble a
       sequence with one entry per member (or None).
     devices: the devices for ``parallel`` (default: every local device).

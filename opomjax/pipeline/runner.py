@@ -102,7 +102,7 @@ def variant_suffix(config, separator: str) -> str:
   transformation), each transfer technique that is on with its value (e.g. ``ti_width7``,
   ``di_probability0.5``; a switch by its name alone, ``fill_budget``; :data:`settings.TRANSFER_OPTIONS`) and
   ``guided`` (refined from earlier masks, ``mid_feature_guide``) joined by ``separator``."""
-  parts = ["mdfa"] * uses_mdfa(config) + ["clean_once"] * bool(config.get("dfanet_clean_once", False))
+  parts = ["mdfa"] * uses_mdfa(config) + ["clean_once"] * settings_lib.dfanet_clean_once(config)
   parts += ["eot"] * bool(settings_lib.eot_channels(config))
   parts += [name if isinstance(value, bool) else f"{name}{value:g}"
             for name, value in settings_lib.transfer_options(config).items()]

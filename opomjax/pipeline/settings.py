@@ -88,8 +88,8 @@ def mask_options(config, method: str) -> dict:
   options = dict(
       method=method, epsilon=float(config.epsilon), step_size=float(config.step_size), steps=int(config.steps),
       momentum=float(config.momentum) if config.momentum else None, dfanet=float(config.dropout) > 0)
-  if config.get("dfanet_clean_once", False):  # passed only when on, so that earlier records stay valid
-    options["dfanet_clean_once"] = bool(config.dfanet_clean_once)
+  if options["dfanet"]:
+    options["dfanet_clean_once"] = dfanet_clean_once(config)
   weights = ensemble_weights(config)
   if weights:
     options["surrogate_weights"] = weights
@@ -133,6 +133,13 @@ def mid_feature_guide(config) -> str:
   return str(config.get("mid_feature_guide", "") or "")
 
 
+def dfanet_clean_once(config) -> bool:
+  """Whether DFANet takes the clean features once without dropout (``config.dfanet_clean_once``, default on)
+  rather than under dropout at every step (off: the official code, as the ``_mdfa`` configs run it); False
+  without DFANet (``config.dropout`` 0), where it changes nothing."""
+  return float(config.dropout) > 0 and bool(config.get("dfanet_clean_once", True))
+
+
 def eot_channels(config) -> tuple[str, ...]:
   """``config.eot`` (comma-separated channels of ``opomjax.core.transfer``; empty: no EOT) as a tuple."""
   return tuple(n.strip() for n in str(config.get("eot", "") or "").split(",") if n.strip())
@@ -153,7 +160,7 @@ def generation_settings(config, method: str) -> dict:
     settings["ensemble_weights"] = list(options["surrogate_weights"])
   if options["dfanet"]:  # the keep-mask generator decides the masks too
     settings["dropout_generator"] = dropout.GENERATOR
-  if options.get("dfanet_clean_once"):
+  if options.get("dfanet_clean_once"):  # recorded only when on: DFANet masks made before it existed keep their record
     settings["dfanet_clean_once"] = True
   settings.update({k: options[k] for k in TRANSFER_OPTIONS if k in options})
   if mid_feature_guide(config):  # the guide masks' content is recorded per group (runner.generate)

@@ -183,9 +183,6 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True, da
   once = config.get("dfanet_clean_once", False)
   if not isinstance(once, bool):
     raise ValueError(f"config.dfanet_clean_once must be True or False, got {once!r}")
-  if once and not config.dropout > 0:
-    raise ValueError("config.dfanet_clean_once=True needs dfanet=True: set config.dropout > 0 (DFANet) or leave "
-                     "it False")
   check_integer(config.seed, "config.seed", minimum=0)
   if "opom-convex" in methods:
     lower = check_number(config.lower, "config.lower")

@@ -561,7 +561,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
                   dropout=float(dropout), roundtrip=bool(roundtrip), feather=float(feather),
                   surrogate_weights=None if surrogate_weights is None else list(surrogate_weights),
                   faces=len(loaded) - len(skipped), eot=",".join(eot), eot_samples=int(eot_samples) if eot else 0,
-                  ti_width=int(ti_width), di_probability=float(di_probability), fill_budget=bool(fill_budget))
+                  ti_width=int(ti_width), di_probability=float(di_probability), fill_budget=bool(fill_budget),
+                  dfanet_clean_once=dropout > 0)  # generate_masks's default: DFANet's clean features taken once
   return ProtectionResult(photos=_apply(loaded, found, mask, metadata), mask=mask, faces=found, skipped=skipped,
                           trace=trace, metadata=metadata, choices=choices, originals=loaded)
 
