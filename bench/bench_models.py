@@ -27,6 +27,17 @@ from opomjax.models import layers  # pylint: disable=wrong-import-position
 from opomjax.models import registry  # pylint: disable=wrong-import-position
 
 
+def step_parser(doc: str, models: str, steps: int = 4, repeats: int = 2) -> argparse.ArgumentParser:
+  """The flags of the per-step benchmarks: ``--models`` (comma-separated, default ``models``), ``--n`` images of
+  one identity, ``--steps`` per timed run, ``--repeats`` timed runs (median); described by ``doc``'s first line."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("--models", default=models)
+  parser.add_argument("--n", type=int, default=10)
+  parser.add_argument("--steps", type=int, default=steps)
+  parser.add_argument("--repeats", type=int, default=repeats)
+  return parser
+
+
 def median_seconds(fn, repeats: int) -> float:
   jax.block_until_ready(fn())  # compile + warm up
   times = []

@@ -21,7 +21,6 @@ Everything is measured in one run of this script, so the ratios hold on a shared
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
@@ -35,7 +34,7 @@ import opomjax  # pylint: disable=wrong-import-position
 from opomjax.core import ascent  # pylint: disable=wrong-import-position
 from opomjax.models import dropout  # pylint: disable=wrong-import-position
 from opomjax.models import registry  # pylint: disable=wrong-import-position
-from bench.bench_models import median_seconds  # pylint: disable=wrong-import-position
+from bench.bench_models import median_seconds, step_parser  # pylint: disable=wrong-import-position
 
 
 def per_step(model, images, steps: int, repeats: int, *, dfanet: bool, generator: str,
@@ -66,11 +65,7 @@ def bench(name: str, n: int, steps: int, repeats: int) -> dict:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--models", default="sface,dlib_resnet")
-  parser.add_argument("--n", type=int, default=10)
-  parser.add_argument("--steps", type=int, default=4)
-  parser.add_argument("--repeats", type=int, default=2)
+  parser = step_parser(__doc__, "sface,dlib_resnet")
   args = parser.parse_args(argv)
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, n={args.n}, steps={args.steps}, "
         f"OPOM-ConvexHull, momentum 1.0, DFANet 0.1")

@@ -18,7 +18,6 @@ script, so their ratios hold on a shared machine too. Models without registered 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import pathlib
 import sys
@@ -32,7 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import opomjax  # pylint: disable=wrong-import-position
 from opomjax.core import ascent  # pylint: disable=wrong-import-position
 from opomjax.models import registry  # pylint: disable=wrong-import-position
-from bench.bench_models import median_seconds  # pylint: disable=wrong-import-position
+from bench.bench_models import median_seconds, step_parser  # pylint: disable=wrong-import-position
 
 
 def run_each_piece_waited_for(runner_for, params, images, clean, init, keys, steps, length, report):
@@ -98,11 +97,7 @@ def bench(name: str, n: int, steps: int, repeats: int) -> dict:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--models", default="dlib_resnet,sface,faceres")
-  parser.add_argument("--n", type=int, default=10)
-  parser.add_argument("--steps", type=int, default=8)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser = step_parser(__doc__, "dlib_resnet,sface,faceres", steps=8, repeats=3)
   args = parser.parse_args(argv)
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, n={args.n}, steps={args.steps}")
   print("model | fwd+bwd s | step s | while-loop s/step | generate_masks s/step | the same, each piece waited for "
