@@ -2,17 +2,17 @@
 
 Variants (the ``:ARG`` after a config file name): ``dlib`` (surrogate dlib ResNet), ``sface`` (surrogate SFace in
 JAX), ``faceres`` or ``mobileface`` (the TensorFlow.js models in JAX; the surrogate is always also evaluated as a
-target, white-box), each optionally with ``_mdfa`` (momentum + DFANet, the paper's Table 4/5 setting: 100 steps, μ = 1.0,
-dropout 0.1, the clean features recomputed under dropout at every step as the official code does, where DFANet
-elsewhere takes them once, ``config.dfanet_clean_once``; 0.02 for SFace, whose plain chain of convolutions does not tolerate more; faceres and mobileface
-lose their features even at 0.02, so a run with them under DFANet stops before its first step and names the
-model, ``opomjax.models.dropout.check_dropout_tolerance``, unless ``--config.dropout`` is lowered to ~0.01),
-and ``_full`` (all 62
-Privacy-LFW identities; default: the first 10), ``_eot`` (the gradient averaged over 4 random channels per
-step: 8-bit rounding, JPEG, resizing, blur; ~4x the cost) and ``_all`` (evaluated on all four real recognisers: dlib ResNet,
-SFace in onnxruntime, faceres and mobileface; default: dlib ResNet and SFace), e.g. ``sface_mdfa_full`` or
-``faceres_full_all``. Surrogates joined by ``+`` make an ensemble (each member keeps its own objective, equal
-weights; every member is also a white-box target), e.g. ``dlib+faceres_full_all`` — the mask SFace never saw.
+target, white-box), each optionally with ``_mdfa`` (momentum + DFANet, the paper's Table 4/5 setting: 100 steps,
+μ = 1.0, dropout 0.1, the clean features recomputed under dropout at every step as the official code does, where
+DFANet elsewhere takes them once, ``config.dfanet_clean_once``; 0.02 for SFace, whose plain chain of convolutions
+does not tolerate more; faceres and mobileface lose their features even at 0.02, so a run with them under DFANet
+stops before its first step and names the model, ``opomjax.models.dropout.check_dropout_tolerance``, unless
+``--config.dropout`` is lowered to ~0.01), and ``_full`` (all 62 Privacy-LFW identities; default: the first 10),
+``_eot`` (the gradient averaged over 4 random channels per step: 8-bit rounding, JPEG, resizing, blur; ~4x the
+cost) and ``_all`` (evaluated on all four real recognisers: dlib ResNet, SFace in onnxruntime, faceres and
+mobileface; default: dlib ResNet and SFace), e.g. ``sface_mdfa_full`` or ``faceres_full_all``. Surrogates joined
+by ``+`` make an ensemble (each member keeps its own objective, equal weights; every member is also a white-box
+target), e.g. ``dlib+faceres_full_all`` — the mask SFace never saw.
 
 Cost on the 2-core CPU machine (16 steps, idle machine: ~10 s per identity with the dlib surrogate, ~12 s with
 SFace; evaluation: clean features once per target, ~3 min for dlib and ~4 min for SFace/onnxruntime, then

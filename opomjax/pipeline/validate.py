@@ -180,7 +180,7 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True, da
   check_integer(config.group_size, "config.group_size")
   check_number(config.momentum or 0.0, "config.momentum", minimum=0.0)
   check_number(config.dropout, "config.dropout", minimum=0.0, below=1.0)
-  once = config.get("dfanet_clean_once", False)
+  once = config.get("dfanet_clean_once", True)
   if not isinstance(once, bool):
     raise ValueError(f"config.dfanet_clean_once must be True or False, got {once!r}")
   check_integer(config.seed, "config.seed", minimum=0)

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
   add("--preset", choices=tuple(defaults.PRESETS), default=None,
       help="transfer (default): computed on dlib_resnet, sface, faceres and mobileface with TI and DI, for "
            "recognisers the mask never saw; fast: dlib_resnet alone, plain steps, the mask moved to its "
-           "budget (less than half the time, little protection beyond dlib). Flags given explicitly override the preset")
+           "budget (less than half the time, little protection beyond dlib). Flags given explicitly override "
+           "the preset")
   add("--surrogates", type=_comma_list, default=None,
       help=f"models the mask is computed on (default: the preset's, {','.join(defaults.SURROGATES)})")
   add("--surrogate_weights", type=_comma_list, default=None, help="one weight per surrogate (default: equal)")

@@ -434,10 +434,9 @@ def check_options(*, method: str = "opom-convex", epsilon: float = 8.0, steps: i
       raise ValueError(f"eot_samples must be a positive integer, got {eot_samples!r}")
   if isinstance(ti_width, bool):
     raise ValueError(f"ti_width must be a positive odd integer (1: no smoothing), got {ti_width!r}")
-  if not isinstance(fill_budget, (bool, np.bool_)):
-    raise ValueError(f"fill_budget must be True or False, got {fill_budget!r}")
   ascent.validate_transfer_options(ascent.AscentConfig(
-      ti_width=ti_width, di_probability=_number(di_probability, "di_probability", low=0.0, high=1.0)))
+      ti_width=ti_width, di_probability=_number(di_probability, "di_probability", low=0.0, high=1.0),
+      fill_budget=fill_budget))
 
 
 def _chooser(model) -> Callable[[np.ndarray], np.ndarray]:
