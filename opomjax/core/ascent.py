@@ -30,8 +30,9 @@ Differences from the official PyTorch code (``attack/privacy.py``), chosen delib
 * Momentum: the average gradient over the identity's images is normalised by its L1 norm and accumulated with
   decay ``momentum`` (Eq. 14). The official ``DFANet_MFIM`` accumulates each image's gradient separately
   (decay 1, normaliser the mean absolute gradient over batch, channel and rows) and averages the per-image signs.
-* DFANet: the clean features are recomputed at every step with their own dropout key, as in the official
-  code; without DFANet they are computed once.
+* DFANet: the clean features are computed once, without dropout (``dfanet_clean_once``, the default); the
+  official code recomputes them at every step under that step's dropout (``dfanet_clean_once=False``, what the
+  ``_mdfa`` configs pin). Without DFANet they are computed once either way.
 * Warm start of OPOM-ConvexHull: the first ``warmup_center_steps`` steps use the class-centre objective
   (official ``nter``; its scripts pass ``--nter 5``, the default of this module).
 """
