@@ -107,8 +107,21 @@ def test_fill_budget_moves_every_value_of_the_same_masks_to_epsilon():
     run(fill_budget="yes")
 
 
+def test_start_scale_narrows_the_random_start_and_zero_is_a_zero_init():
+  x = images((2, 3, 16, 16, 3))
+  run = lambda **kw: np.asarray(ascent.generate_masks(toy_embed, x, method="opom-center", key=jax.random.key(3),
+                                                      steps=1, **kw))
+  np.testing.assert_array_equal(run(start_scale=0.0), run(init=np.zeros((2, 16, 16, 3), np.float32)))
+  assert set(np.unique(np.abs(run(start_scale=0.0)))) <= {0.0, 1.0}  # one step of 1 from zero
+  half, whole = run(start_scale=0.5), run()
+  assert np.abs(half).max() <= 0.5 * EPS + 1.0 < np.abs(whole).max()  # a start within +-4, then one step of 1
+  for bad in (1.5, -0.1, float("nan")):
+    with pytest.raises(ValueError, match="start_scale must lie in"):
+      run(start_scale=bad)
+
+
 TECHNIQUES = dict(ti_width=3, vmi_samples=1, di_probability=0.7, si_copies=2, ssa_rho=0.5, mask_cell=2,
-                  fill_budget=True)
+                  fill_budget=True, start_scale=0.0)
 
 
 @pytest.mark.parametrize("names", [()] + [(n,) for n in TECHNIQUES] + [tuple(TECHNIQUES)],

@@ -674,14 +674,15 @@ def test_transfer_techniques_reach_generate_masks_are_recorded_and_name_the_run(
   real = opomjax.generate_masks
   monkeypatch.setattr(opomjax, "generate_masks", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
   config = toy_config(methods="fi-uap", steps=1, momentum=0.0, dropout=0.0, ti_width=3, mask_cell=2,
-                      fill_budget=True)
+                      fill_budget=True, start_scale=0.5)
   workdirs = runner.generate_all(config, tmp_path, protocol=toy_protocol())
-  assert workdirs["fi-uap"].name == "fi-uap-dlib_resnet-ti_width3-mask_cell2-fill_budget"
+  assert workdirs["fi-uap"].name == "fi-uap-dlib_resnet-ti_width3-mask_cell2-fill_budget-start_scale0.5"
   assert seen and all(kw["ti_width"] == 3 and kw["mask_cell"] == 2 and kw["fill_budget"] is True
-                      and "si_copies" not in kw for kw in seen)
+                      and kw["start_scale"] == 0.5 and "si_copies" not in kw for kw in seen)
   mask, meta = masks.load_identity_mask(workdirs["fi-uap"], "synthetic_0000")
   assert meta["settings"]["ti_width"] == 3 and meta["settings"]["mask_cell"] == 2
   assert meta["settings"]["fill_budget"] is True and set(np.unique(np.abs(mask))) <= {0.0, 8.0}
+  assert meta["settings"]["start_scale"] == 0.5
   # Off techniques are neither passed nor recorded: masks made before they existed keep their record.
   assert not set(settings.TRANSFER_OPTIONS) & set(settings.generation_settings(toy_config(), "fi-uap"))
   with pytest.raises(settings.SettingsMismatchError, match="ti_width: 3 in the masks, 5 now"):

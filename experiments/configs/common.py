@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.mid_feature_weight = 0.0  # weight of the intermediate-feature distortion in each objective; 0 = off
   config.mid_feature_depth = 0.5  # its activation, as a relative depth among the recorded ones (0.5 = middle)
   config.fill_budget = False  # after the last step every mask value moved to +-epsilon in its own direction
+  config.start_scale = 1.0  # the random start's range as a fraction of epsilon; 0 = the steps start from zero
   # Intermediate-level attack: the workdir of one method's earlier masks (e.g. runs/x/opom-convex-dlib_resnet); the
   # term becomes the projection onto the change they make, starting from them. "" = off.
   config.mid_feature_guide = ""

@@ -118,6 +118,8 @@ class AscentConfig:
       clean features) instead of the distortion.
     fill_budget: after the last step, every value of the mask moved to the budget in its own direction
       (:func:`opomjax.core.transfer.fill_budget`).
+    start_scale: the random start's range as a fraction of ``epsilon``: ``delta_0 ~ U(-s eps, s eps)``; 0: the
+      steps start from a zero mask.
   """
 
   method: str = "opom-convex"
@@ -147,6 +149,7 @@ class AscentConfig:
   mid_feature_depth: float = 0.5
   mid_feature_guided: bool = False
   fill_budget: bool = False
+  start_scale: float = 1.0
 
 
 class AscentState(NamedTuple):
@@ -178,6 +181,13 @@ def mask_from_grid(cfg: AscentConfig, grid: jax.Array, height: int, width: int) 
   if cfg.mask_cell == 1:
     return grid
   return jax.image.resize(grid, grid.shape[:-3] + (height, width, 3), method="linear", antialias=False)
+
+
+def random_start(cfg: AscentConfig, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """The masks' (grids') start ``delta_0 ~ U(-s eps, s eps)``, ``s = cfg.start_scale`` (``s = 1``, the
+  default: the whole box; ``s = 0``: zeros)."""
+  init = jax.random.uniform(key, shape, jnp.float32, -cfg.epsilon, cfg.epsilon)
+  return init if cfg.start_scale == 1.0 else init * jnp.float32(cfg.start_scale)
 
 
 def final_mask(cfg: AscentConfig, grid: jax.Array, height: int, width: int) -> jax.Array:
@@ -715,6 +725,9 @@ def validate_transfer_options(cfg: AscentConfig) -> None:
     raise ValueError(f"mask_cell must be a positive integer (1: every pixel free), got {cfg.mask_cell!r}")
   if not isinstance(cfg.fill_budget, (bool, np.bool_)):
     raise ValueError(f"fill_budget must be True or False, got {cfg.fill_budget!r}")
+  if not 0.0 <= cfg.start_scale <= 1.0:
+    raise ValueError(f"start_scale must lie in [0, 1] (the random start's range as a fraction of epsilon; 0: a "
+                     f"zero start), got {cfg.start_scale}")
   if not np.isfinite(cfg.mid_feature_weight) or cfg.mid_feature_weight < 0:
     raise ValueError(f"mid_feature_weight must be a non-negative finite number (0: off), got "
                      f"{cfg.mid_feature_weight}")
@@ -842,7 +855,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    ti_width: int = 1, vmi_samples: int = 0, vmi_beta: float = 1.5, di_probability: float = 0.0,
                    si_copies: int = 1, ssa_rho: float = 0.0, input_samples: int = 1, mask_cell: int = 1,
                    mid_feature_weight: float = 0.0, mid_feature_depth: float = 0.5,
-                   mid_feature_guide: jax.Array | None = None, fill_budget: bool = False):
+                   mid_feature_guide: jax.Array | None = None, fill_budget: bool = False,
+                   start_scale: float = 1.0):
   """One universal privacy mask per identity (OPOM and the methods it is compared with).
 
   The steps of every identity are vmapped over identities and optionally spread over every local device
@@ -932,6 +946,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
       ``activations_fn`` returns (0.5: the middle one).
     fill_budget: after the last step, move every value of the mask to ``+-epsilon`` in its own direction
       (:func:`opomjax.core.transfer.fill_budget`): the same steps, a mask at its full budget.
+    start_scale: the random start's range as a fraction of ``epsilon``, ``delta_0 ~ U(-s eps, s eps)`` (1: the
+      whole box; 0: a zero mask); ignored where ``init`` is given.
     mid_feature_guide: ``(k, H, W, 3)`` masks made before (e.g. by this function without the term), within
       ``epsilon``: the term becomes the intermediate-level attack's projection onto the change each guide mask
       makes in that activation (:func:`opomjax.core.objectives.mid_feature_projection`); a refinement of the
@@ -994,7 +1010,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                      ssa_rho=_as_number(ssa_rho, "ssa_rho"), input_samples=input_samples, mask_cell=mask_cell,
                      mid_feature_weight=_as_number(mid_feature_weight, "mid_feature_weight"),
                      mid_feature_depth=_as_number(mid_feature_depth, "mid_feature_depth"),
-                     mid_feature_guided=mid_feature_guide is not None, fill_budget=fill_budget)
+                     mid_feature_guided=mid_feature_guide is not None, fill_budget=fill_budget,
+                     start_scale=_as_number(start_scale, "start_scale"))
   if not isinstance(images, jax.Array):
     try:
       images = np.asarray(images)
@@ -1032,8 +1049,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
   groups = images.shape[0]
   init_key, step_key = jax.random.split(key)
   if init is None:
-    init = jax.random.uniform(init_key, (groups,) + grid_shape(cfg, height, width), jnp.float32, -cfg.epsilon,
-                              cfg.epsilon)
+    init = random_start(cfg, init_key, (groups,) + grid_shape(cfg, height, width))
   else:
     init = grid_from_mask(cfg, init)
   identity_keys = jax.random.split(step_key, groups)
