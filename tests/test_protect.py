@@ -375,8 +375,9 @@ def layout_run(tmp_path_factory, lfw_root, detector, dlib_model):
   layouts["group.png"] = group
   out = tmp_path_factory.mktemp("layouts_out")
   with pytest.warns(UserWarning, match="not the largest"):
+    # a random start, so that most values of a 2-step mask are non-zero and the layout checks see it everywhere
     report = protect.protect_files(src, out, surrogates=(dlib_model,), targets=(dlib_model,), steps=2,
-                                   epsilon=EPSILON, key=0, detector=detector, show_progress=False)
+                                   epsilon=EPSILON, key=0, detector=detector, show_progress=False, start_scale=1.0)
   return src, out, layouts, report
 
 
@@ -485,6 +486,15 @@ def test_fill_budget_must_be_a_switch():
     protect.check_options(fill_budget="yes")
 
 
+@pytest.mark.parametrize("bad, message", [(1.5, "start_scale must be <= 1, got 1.5"),
+                                          (-0.1, "start_scale must be >= 0, got -0.1"),
+                                          (float("nan"), "start_scale must be a finite number")])
+def test_start_scale_must_lie_in_zero_to_one(bad, message):
+  protect.check_options(start_scale=0.0)
+  with pytest.raises(ValueError, match=message):
+    protect.check_options(start_scale=bad)
+
+
 def test_unwritable_out_is_refused_before_any_work(capsys, tmp_path, photo_folder, no_work):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a folder")
@@ -549,6 +559,9 @@ def test_saved_mask_that_does_not_fit_is_refused_in_one_line(capsys, tmp_path, p
   status, out, err = run_cli(capsys, "--photos", photo_folder, "--out", tmp_path / "out", "--mask",
                              tmp_path / "good.npz", "--no-fill_budget")
   assert_one_line_error(status, out, err, "--fill_budget", "--mask")
+  status, out, err = run_cli(capsys, "--photos", photo_folder, "--out", tmp_path / "out", "--mask",
+                             tmp_path / "good.npz", "--start_scale=0.5")
+  assert_one_line_error(status, out, err, "--start_scale", "--mask")
 
 
 @pytest.mark.real_data
@@ -615,30 +628,34 @@ def test_transfer_options_reach_the_ascent_and_are_recorded(person_photos, detec
 
   def generate_masks(*args, **kwargs):
     seen.update(ti_width=kwargs["ti_width"], di_probability=kwargs["di_probability"],
-                fill_budget=kwargs["fill_budget"])
+                start_scale=kwargs["start_scale"], fill_budget=kwargs["fill_budget"])
     return real(*args, **kwargs)
 
   monkeypatch.setattr(opomjax, "generate_masks", generate_masks)
   common = dict(surrogates=(dlib_model,), detector=detector, steps=1, show_progress=False, ti_width=5,
                 di_probability=0.5)
-  result = protect.protect_photos(person_photos[:3], **common)
-  assert seen == {"ti_width": 5, "di_probability": 0.5, "fill_budget": False}
+  result = protect.protect_photos(person_photos[:3], start_scale=1.0, fill_budget=False, **common)
+  assert seen == {"ti_width": 5, "di_probability": 0.5, "start_scale": 1.0, "fill_budget": False}
   assert result.metadata["ti_width"] == 5 and result.metadata["di_probability"] == 0.5
-  assert result.metadata["fill_budget"] is False
+  assert result.metadata["fill_budget"] is False and result.metadata["start_scale"] == 1.0
   assert np.abs(result.mask).max() <= 8.0
   assert np.mean(np.abs(result.mask) == 8.0) < 0.5  # one step of 1 from a random start: most values inside
-  filled = protect.protect_photos(person_photos[:3], fill_budget=True, **common)
+  filled = protect.protect_photos(person_photos[:3], start_scale=1.0, fill_budget=True, **common)
   assert seen["fill_budget"] is True and filled.metadata["fill_budget"] is True
   np.testing.assert_array_equal(filled.mask, 8.0 * np.sign(result.mask))  # the same mask, moved to the budget
+  # the defaults: a zero start, so one step of 1 leaves every value at +-1 before the budget is filled
+  default = protect.protect_photos(person_photos[:3], fill_budget=False, **common)
+  assert seen["start_scale"] == 0.0 and default.metadata["start_scale"] == 0.0
+  assert set(np.unique(np.abs(default.mask))) <= {0.0, 1.0}
 
 
 @pytest.mark.parametrize("flags, expected", [
     ([], dict(surrogates=("dlib_resnet", "sface", "faceres", "mobileface"), ti_width=7, di_probability=0.5,
-              steps=50, fill_budget=False)),
+              steps=50, start_scale=0.0, fill_budget=True)),
     (["--preset=fast"], dict(surrogates=("dlib_resnet",), ti_width=1, di_probability=0.0, steps=16,
-                             fill_budget=True)),
+                             start_scale=1.0, fill_budget=True)),
     (["--preset=fast", "--no-fill_budget"], dict(surrogates=("dlib_resnet",), fill_budget=False)),
-    (["--fill_budget"], dict(steps=50, fill_budget=True)),
+    (["--no-fill_budget", "--start_scale=1"], dict(steps=50, start_scale=1.0, fill_budget=False)),
     (["--preset=fast", "--ti_width=5"], dict(surrogates=("dlib_resnet",), ti_width=5, di_probability=0.0)),
     (["--preset=fast", "--steps=30"], dict(surrogates=("dlib_resnet",), steps=30)),
     (["--surrogates=sface"], dict(surrogates=["sface"], ti_width=7, di_probability=0.5, steps=50)),

@@ -73,9 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
   add("--di_probability", type=float, default=None,
       help=f"probability that a step sees the faces randomly shrunk and shifted (DI; helps unseen models; 0: "
            f"off; default: the preset's, {defaults.DI_PROBABILITY})")
+  add("--start_scale", type=float, default=None,
+      help=f"the mask's random start as a fraction of --epsilon, 0..1 (0: start from no mask; default: the "
+           f"preset's, {defaults.START_SCALE:g})")
   add("--fill_budget", action=argparse.BooleanOptionalAction, default=None,
       help="move every value of the finished mask to +-epsilon in its own direction (more protection at few "
-           "steps, no cost; default: the preset's, on for fast, off for transfer)")
+           "steps, no cost; default: the preset's, on)")
   add("--feather", type=float, default=None, help="pixels over which the mask fades out at the face region's edge")
   add("--min_face_size", type=float, default=None, help="faces smaller than this (pixels) are left unprotected")
   add("--format", dest="image_format", choices=("png", "jpeg"), default="png",
@@ -121,7 +124,8 @@ def _options(args: argparse.Namespace) -> dict:
   mask_settings = dict(surrogates=args.surrogates, surrogate_weights=weights, method=args.method,
                        epsilon=args.epsilon, steps=args.steps, step_size=args.step_size, momentum=args.momentum,
                        dropout=args.dropout, key=args.seed, eot=args.eot, eot_samples=args.eot_samples,
-                       ti_width=args.ti_width, di_probability=args.di_probability, fill_budget=args.fill_budget)
+                       ti_width=args.ti_width, di_probability=args.di_probability, start_scale=args.start_scale,
+                       fill_budget=args.fill_budget)
   if args.mask is not None:
     given_settings = [f"--{'seed' if k == 'key' else k}" for k, v in mask_settings.items() if v is not None]
     if args.preset is not None:

@@ -31,7 +31,8 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 #: Settings that define a mask: they cannot be given together with a saved mask.
 MASK_SETTINGS = ("surrogates", "surrogate_weights", "method", "steps", "step_size", "momentum", "dropout", "key",
-                 "roundtrip", "eot", "eot_samples", "ti_width", "di_probability", "fill_budget")
+                 "roundtrip", "eot", "eot_samples", "ti_width", "di_probability", "start_scale",
+                 "fill_budget")
 
 encode_photo = io_lib.encode_photo
 
@@ -207,7 +208,7 @@ def protect_files(photos: str | os.PathLike | Sequence[str | os.PathLike], out_d
       surrogates = (surrogates,)
     photos_lib.check_options(**{k: v for k, v in options.items() if k in (
         "method", "epsilon", "steps", "step_size", "momentum", "dropout", "feather", "min_face_size", "select",
-        "surrogate_weights", "eot", "eot_samples", "ti_width", "di_probability", "fill_budget")},
+        "surrogate_weights", "eot", "eot_samples", "ti_width", "di_probability", "start_scale", "fill_budget")},
         surrogate_count=len(surrogates),
         allow_large_epsilon=allow_large_epsilon)
     for s in surrogates:

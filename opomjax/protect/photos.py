@@ -410,7 +410,7 @@ def check_options(*, method: str = "opom-convex", epsilon: float = 8.0, steps: i
                   select: str = "similar", surrogate_weights: Sequence[float] | None = None,
                   surrogate_count: int | None = None, allow_large_epsilon: bool = False, eot: Sequence[str] = (),
                   eot_samples: int = 4, ti_width: int = 1, di_probability: float = 0.0,
-                  fill_budget: bool = False) -> None:
+                  start_scale: float = 1.0, fill_budget: bool = False) -> None:
   """ValueError naming the first bad option of :func:`protect_photos`; pure Python, nothing is computed."""
   if method not in ascent.METHODS:
     raise ValueError(f"method must be one of {', '.join(ascent.METHODS)}; got {method!r}")
@@ -437,6 +437,7 @@ def check_options(*, method: str = "opom-convex", epsilon: float = 8.0, steps: i
   ascent.validate_transfer_options(ascent.AscentConfig(
       ti_width=ti_width, di_probability=_number(di_probability, "di_probability", low=0.0, high=1.0),
       fill_budget=fill_budget))
+  _number(start_scale, "start_scale", low=0.0, high=1.0)
 
 
 def _chooser(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -452,7 +453,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
                    surrogate_weights: Sequence[float] | None = None, allow_large_epsilon: bool = False,
                    allow_random_weights: bool = False, eot: Sequence[str] = (), eot_samples: int = 4,
                    ti_width: int = defaults.TI_WIDTH, di_probability: float = defaults.DI_PROBABILITY,
-                   fill_budget: bool = defaults.FILL_BUDGET, show_progress: bool = True) -> ProtectionResult:
+                   start_scale: float = defaults.START_SCALE, fill_budget: bool = defaults.FILL_BUDGET,
+                   show_progress: bool = True) -> ProtectionResult:
   """Computes one privacy mask for a person from their photos and adds it to each of them.
 
   Args:
@@ -492,8 +494,10 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
       kernel (default 7); 1: off (:func:`opomjax.core.update_rules.translation_invariant`).
     di_probability: input diversity (DI): the probability that a step sees the masked faces randomly shrunk
       and shifted (default 0.5); 0: off (:func:`opomjax.core.transfer.input_diversity`).
+    start_scale: the mask's random start ``U(-s epsilon, s epsilon)`` as the fraction ``s`` (default 0: the
+      steps start from a zero mask; 1: the paper's start).
     fill_budget: after the last step, move every value of the mask to ``±epsilon`` in its own direction
-      (:func:`opomjax.core.transfer.fill_budget`; default off, on in the ``fast`` preset of the command line).
+      (:func:`opomjax.core.transfer.fill_budget`; default on).
     show_progress: progress bars and log lines.
 
   Returns:
@@ -509,7 +513,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
                 surrogate_weights=surrogate_weights, allow_large_epsilon=allow_large_epsilon,
                 surrogate_count=len(surrogates) if not isinstance(surrogates, (str, base.FaceModel)) else 1,
                 eot=tuple(eot), eot_samples=eot_samples, ti_width=ti_width, di_probability=di_probability,
-                fill_budget=fill_budget)
+                start_scale=start_scale, fill_budget=fill_budget)
   loaded = read_photos(photos)
   models = load_surrogates(surrogates, dropout, allow_random_weights=allow_random_weights)
   prng, seed = _as_key(key)
@@ -550,7 +554,7 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
       step_size=step_size, steps=steps, momentum=momentum, dfanet=dropout > 0, return_trace=True,
       allow_large_epsilon=allow_large_epsilon, eot=tuple(eot), eot_samples=eot_samples,
       surrogate_weights=surrogate_weights, ti_width=int(ti_width), di_probability=float(di_probability),
-      fill_budget=bool(fill_budget), progress=bool(show_progress))
+      start_scale=float(start_scale), fill_budget=bool(fill_budget), progress=bool(show_progress))
   mask, trace = np.asarray(mask[0], np.float32), np.asarray(trace[0])
   if show_progress:
     log.info("mask computed in %.1f s", time.time() - start)
@@ -560,7 +564,8 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
                   dropout=float(dropout), roundtrip=bool(roundtrip), feather=float(feather),
                   surrogate_weights=None if surrogate_weights is None else list(surrogate_weights),
                   faces=len(loaded) - len(skipped), eot=",".join(eot), eot_samples=int(eot_samples) if eot else 0,
-                  ti_width=int(ti_width), di_probability=float(di_probability), fill_budget=bool(fill_budget),
+                  ti_width=int(ti_width), di_probability=float(di_probability), start_scale=float(start_scale),
+                  fill_budget=bool(fill_budget),
                   dfanet_clean_once=dropout > 0)  # generate_masks's default: DFANet's clean features taken once
   return ProtectionResult(photos=_apply(loaded, found, mask, metadata), mask=mask, faces=found, skipped=skipped,
                           trace=trace, metadata=metadata, choices=choices, originals=loaded)
