@@ -44,6 +44,33 @@ def test_di_at_probability_one_shrinks_a_flat_image_inside_the_frame():
   assert changed >= 4  # most draws shrink visibly
 
 
+def test_photometric_change_keeps_shapes_and_is_the_identity_at_probability_zero():
+  x = images()
+  for seed in range(5):
+    np.testing.assert_array_equal(np.asarray(transfer.photometric_diversity(jax.random.key(seed), x, 0.0)),
+                                  np.asarray(x))
+  assert transfer.photometric_diversity(jax.random.key(0), x, 1.0).shape == x.shape
+
+
+def test_photometric_change_is_one_contrast_and_brightness_within_strength_for_the_batch():
+  """Each draw at probability 1 is x' = clip(a (x - 127.5) + 127.5 + b) for one (a, b) of the whole batch:
+  fitted by least squares over the unclipped values, the fit is exact and (a, b) lie in their ranges."""
+  x = np.asarray(images((2, 3, 16, 16, 3)), np.float64)
+  fitted = []
+  for seed in range(12):
+    out = np.asarray(transfer.photometric_diversity(jax.random.key(seed), jnp.asarray(x, jnp.float32), 1.0,
+                                                    strength=0.2), np.float64)
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    inside = (out > 0.0) & (out < 255.0)
+    design = np.stack([x[inside] - 127.5, np.ones(inside.sum())], axis=1)
+    (a, offset), *_ = np.linalg.lstsq(design, out[inside] - 127.5, rcond=None)
+    np.testing.assert_allclose(design @ [a, offset], out[inside] - 127.5, atol=1e-3)
+    np.testing.assert_array_equal(out[~inside], np.clip(a * (x[~inside] - 127.5) + 127.5 + offset, 0, 255).round())
+    assert 0.8 - 1e-5 <= a <= 1.2 + 1e-5 and abs(offset) <= 12.8 + 1e-3
+    fitted.append((a, offset))
+  assert np.std([a for a, _ in fitted]) > 0.05 and np.std([b for _, b in fitted]) > 3.0  # the draws vary
+
+
 def test_si_copies_are_the_image_halved_again_and_again():
   x = images()
   copies = np.asarray(transfer.scale_copies(x, 3))
@@ -121,7 +148,7 @@ def test_start_scale_narrows_the_random_start_and_zero_is_a_zero_init():
 
 
 TECHNIQUES = dict(ti_width=3, vmi_samples=1, di_probability=0.7, si_copies=2, ssa_rho=0.5, mask_cell=2,
-                  fill_budget=True, start_scale=0.0)
+                  fill_budget=True, start_scale=0.0, photometric_probability=0.7)
 
 
 @pytest.mark.parametrize("names", [()] + [(n,) for n in TECHNIQUES] + [tuple(TECHNIQUES)],
@@ -156,7 +183,7 @@ def test_si_gradient_is_the_mean_of_the_copies_gradients():
 @pytest.mark.parametrize("change,match", [
     (dict(ti_width=2), "ti_width"), (dict(vmi_samples=-1), "vmi_samples"), (dict(di_probability=1.5), "di_prob"),
     (dict(si_copies=0), "si_copies"), (dict(ssa_rho=-0.1), "ssa_rho"), (dict(input_samples=0), "input_samples"),
-    (dict(vmi_beta=0.0), "vmi_beta")])
+    (dict(vmi_beta=0.0), "vmi_beta"), (dict(photometric_probability=1.5), "photometric_probability")])
 def test_bad_transfer_options_are_refused_naming_them(change, match):
   with pytest.raises(ValueError, match=match):
     ascent.generate_masks(toy_embed, images((1, 2, 16, 16, 3)), method="fi-uap", key=jax.random.key(0), steps=1,

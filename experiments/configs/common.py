@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.vmi_samples = 0  # VMI: gradients drawn around the mask per step (each one forward + backward); 0 = off
   config.vmi_beta = 1.5  # VMI: radius around the mask in units of epsilon
   config.di_probability = 0.0  # DI: probability of a random shrink and shift of the masked images; 0 = off
+  config.photometric_probability = 0.0  # probability of a random contrast (+-20 %) and brightness change; 0 = off
   config.si_copies = 1  # SI: gradient averaged over x / 2^i, i < si_copies (each one forward + backward); 1 = off
   config.ssa_rho = 0.0  # SSA: DCT coefficients rescaled in [1 - rho, 1 + rho] after noise sigma = epsilon; 0 = off
   config.input_samples = 1  # random draws of DI / SSA per step without EOT (with EOT: eot_samples)

@@ -101,6 +101,8 @@ class AscentConfig:
       0: off.
     vmi_beta: VMI's neighbourhood radius, in units of ``epsilon``.
     di_probability: DI's probability of transforming a draw (:func:`opomjax.core.transfer.input_diversity`); 0: off.
+    photometric_probability: the probability that a draw changes the masked images' contrast and brightness
+      (:func:`opomjax.core.transfer.photometric_diversity`); 0: off.
     si_copies: SI's scale copies (:func:`opomjax.core.transfer.scale_copies`); 1: off.
     ssa_rho: SSA's spectrum rescaling range (:func:`opomjax.core.transfer.spectrum_simulation`, noise
       ``sigma = epsilon``); 0: off.
@@ -141,6 +143,7 @@ class AscentConfig:
   vmi_samples: int = 0
   vmi_beta: float = 1.5
   di_probability: float = 0.0
+  photometric_probability: float = 0.0
   si_copies: int = 1
   ssa_rho: float = 0.0
   input_samples: int = 1
@@ -347,17 +350,19 @@ def ascent_step(cfg: AscentConfig, net: Surrogate, images: jax.Array, clean: Any
 
 def uses_input_draws(cfg: AscentConfig) -> bool:
   """Whether a step draws random input transformations (EOT channels, SSA, DI)."""
-  return bool(cfg.eot) or cfg.ssa_rho > 0 or cfg.di_probability > 0
+  return bool(cfg.eot) or cfg.ssa_rho > 0 or cfg.di_probability > 0 or cfg.photometric_probability > 0
 
 
 def input_transform(cfg: AscentConfig, key: jax.Array, images: jax.Array) -> jax.Array:
   """One random draw of the input side for ``images`` ``(n, H, W, 3)``: the EOT channel (from ``key`` itself),
-  then SSA, then DI (from keys folded out of ``key``); what is off is skipped."""
+  then SSA, the photometric change, then DI (from keys folded out of ``key``); what is off is skipped."""
   x = images
   if cfg.eot:
     x = transfer.random_channel(key, x, cfg.eot, rounding=cfg.eot_rounding)
   if cfg.ssa_rho > 0:
     x = transfer.spectrum_simulation(jax.random.fold_in(key, 1), x, cfg.epsilon, cfg.ssa_rho)
+  if cfg.photometric_probability > 0:
+    x = transfer.photometric_diversity(jax.random.fold_in(key, 3), x, cfg.photometric_probability)
   if cfg.di_probability > 0:
     x = transfer.input_diversity(jax.random.fold_in(key, 2), x, cfg.di_probability)
   return x
@@ -715,6 +720,8 @@ def validate_transfer_options(cfg: AscentConfig) -> None:
     raise ValueError(f"vmi_beta must be a positive finite number, got {cfg.vmi_beta}")
   if not 0.0 <= cfg.di_probability <= 1.0:
     raise ValueError(f"di_probability must lie in [0, 1], got {cfg.di_probability}")
+  if not 0.0 <= cfg.photometric_probability <= 1.0:
+    raise ValueError(f"photometric_probability must lie in [0, 1] (0: off), got {cfg.photometric_probability}")
   if not _is_integer(cfg.si_copies) or cfg.si_copies < 1:
     raise ValueError(f"si_copies must be a positive integer (1: no SI), got {cfg.si_copies!r}")
   if not 0.0 <= cfg.ssa_rho <= 1.0:
@@ -856,7 +863,7 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                    si_copies: int = 1, ssa_rho: float = 0.0, input_samples: int = 1, mask_cell: int = 1,
                    mid_feature_weight: float = 0.0, mid_feature_depth: float = 0.5,
                    mid_feature_guide: jax.Array | None = None, fill_budget: bool = False,
-                   start_scale: float = 1.0):
+                   start_scale: float = 1.0, photometric_probability: float = 0.0):
   """One universal privacy mask per identity (OPOM and the methods it is compared with).
 
   The steps of every identity are vmapped over identities and optionally spread over every local device
@@ -931,6 +938,8 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
       backward); 0: off.
     vmi_beta: VMI's radius around the mask, in units of ``epsilon`` (its paper: 1.5).
     di_probability: input diversity (DI): probability that a draw shrinks and shifts the masked images; 0: off.
+    photometric_probability: probability that a draw changes the masked images' contrast (+-20 %) and
+      brightness (+-12.8 levels) (:func:`opomjax.core.transfer.photometric_diversity`); 0: off.
     si_copies: scale invariance (SI): the gradient averaged over ``x / 2^i``, ``i < si_copies`` (each one more
       forward + backward); 1: off.
     ssa_rho: spectrum simulation (SSA): random rescaling of each DCT coefficient in ``[1 - rho, 1 + rho]`` after
@@ -1006,7 +1015,9 @@ def generate_masks(embed_fn: EmbedFn, images: jax.Array, *, method: str, key: ja
                      else tuple(eot), eot_samples=eot_samples,
                      eot_rounding=eot_rounding, member_weights=member_weights, ti_width=ti_width,
                      vmi_samples=vmi_samples, vmi_beta=_as_number(vmi_beta, "vmi_beta"),
-                     di_probability=_as_number(di_probability, "di_probability"), si_copies=si_copies,
+                     di_probability=_as_number(di_probability, "di_probability"),
+                     photometric_probability=_as_number(photometric_probability, "photometric_probability"),
+                     si_copies=si_copies,
                      ssa_rho=_as_number(ssa_rho, "ssa_rho"), input_samples=input_samples, mask_cell=mask_cell,
                      mid_feature_weight=_as_number(mid_feature_weight, "mid_feature_weight"),
                      mid_feature_depth=_as_number(mid_feature_depth, "mid_feature_depth"),

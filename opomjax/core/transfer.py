@@ -335,6 +335,25 @@ def input_diversity(key: jax.Array, images: jax.Array, probability: float, min_s
   return jnp.where(jax.random.uniform(apply_key, ()) < probability, moved, images)
 
 
+def photometric_diversity(key: jax.Array, images: jax.Array, probability: float,
+                          strength: float = 0.2) -> jax.Array:
+  """A photometric counterpart of DI (Xie et al., CVPR 2019): with ``probability``, ``images`` ``(..., H, W, 3)``
+  in ``[0, 255]`` with a random contrast ``a`` in ``[1 - strength, 1 + strength]`` about mid-grey and a random
+  brightness shift ``b`` in ``[-64 strength, 64 strength]``,
+
+  .. math:: x' = \\operatorname{clip}\\big(a (x - 127.5) + 127.5 + b,\\ 0,\\ 255\\big),
+
+  one draw for the whole batch (the mask is one); otherwise unchanged. Where DI moves the face inside the frame,
+  this changes its exposure, as photos of the person under other light and cameras would. Shapes are kept; at
+  ``probability = 0`` the result is ``images`` exactly.
+  """
+  apply_key, contrast_key, brightness_key = jax.random.split(key, 3)
+  contrast = jax.random.uniform(contrast_key, (), minval=1.0 - strength, maxval=1.0 + strength)
+  brightness = jax.random.uniform(brightness_key, (), minval=-64.0 * strength, maxval=64.0 * strength)
+  changed = jnp.clip((images - 127.5) * contrast + 127.5 + brightness, 0.0, 255.0)
+  return jnp.where(jax.random.uniform(apply_key, ()) < probability, changed, images)
+
+
 def scale_copies(images: jax.Array, copies: int) -> jax.Array:
   """SI (Lin et al., ICLR 2020): ``(copies, ...)`` holding ``images / 2^i`` for ``i = 0 .. copies - 1``; the
   gradient averaged over them is the scale-invariant gradient. ``copies = 1`` is ``images`` alone."""

@@ -108,7 +108,8 @@ def mask_options(config, method: str) -> dict:
 
 #: Transfer techniques of :func:`opomjax.generate_masks`: config field -> (type, the value that means off).
 TRANSFER_OPTIONS = {"ti_width": (int, 1), "vmi_samples": (int, 0), "vmi_beta": (float, 1.5),
-                    "di_probability": (float, 0.0), "si_copies": (int, 1), "ssa_rho": (float, 0.0),
+                    "di_probability": (float, 0.0), "photometric_probability": (float, 0.0),
+                    "si_copies": (int, 1), "ssa_rho": (float, 0.0),
                     "input_samples": (int, 1), "mask_cell": (int, 1), "mid_feature_weight": (float, 0.0),
                     "mid_feature_depth": (float, 0.5), "fill_budget": (bool, False),
                     "start_scale": (float, 1.0)}
