@@ -206,11 +206,9 @@ def protect_files(photos: str | os.PathLike | Sequence[str | os.PathLike], out_d
     surrogates = options.get("surrogates", photos_lib.DEFAULT_SURROGATES)
     if isinstance(surrogates, (str, os.PathLike)):
       surrogates = (surrogates,)
-    photos_lib.check_options(**{k: v for k, v in options.items() if k in (
-        "method", "epsilon", "steps", "step_size", "momentum", "dropout", "feather", "min_face_size", "select",
-        "surrogate_weights", "eot", "eot_samples", "ti_width", "di_probability", "start_scale", "fill_budget")},
-        surrogate_count=len(surrogates),
-        allow_large_epsilon=allow_large_epsilon)
+    checked = set(inspect.signature(photos_lib.check_options).parameters) - {"surrogate_count", "allow_large_epsilon"}
+    photos_lib.check_options(**{k: v for k, v in options.items() if k in checked},
+                             surrogate_count=len(surrogates), allow_large_epsilon=allow_large_epsilon)
     for s in surrogates:
       if isinstance(s, (str, os.PathLike)):
         photos_lib.check_model_name(s)

@@ -436,8 +436,7 @@ def check_options(*, method: str = "opom-convex", epsilon: float = 8.0, steps: i
     raise ValueError(f"ti_width must be a positive odd integer (1: no smoothing), got {ti_width!r}")
   ascent.validate_transfer_options(ascent.AscentConfig(
       ti_width=ti_width, di_probability=_number(di_probability, "di_probability", low=0.0, high=1.0),
-      fill_budget=fill_budget))
-  _number(start_scale, "start_scale", low=0.0, high=1.0)
+      start_scale=_number(start_scale, "start_scale", low=0.0, high=1.0), fill_budget=fill_budget))
 
 
 def _chooser(model) -> Callable[[np.ndarray], np.ndarray]:
