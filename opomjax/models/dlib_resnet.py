@@ -35,6 +35,7 @@ from opomjax import frame as frame_lib
 from opomjax.models import base
 from opomjax.models import dlib_serialization
 from opomjax.models import layers
+from opomjax.models import pooling
 
 #: (width, number of plain residual blocks, starts with a down-sampling block) per stage, input to output.
 STAGES: tuple[tuple[int, int, bool], ...] = ((32, 3, False), (64, 3, True), (128, 2, True), (256, 2, True),
@@ -148,7 +149,7 @@ class DlibResNet(nn.Module):
     x = (images - jnp.asarray(self.mean_rgb, jnp.float32)) / 256.0
     x = ConvUnit(self.stem_features, 7, 2, self.precision, name="stem_conv")(x, dropout_rate, deterministic)
     x = nn.relu(layers.Affine(name="stem_affine")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    x = pooling.max_pool_2d(x, (3, 3), (2, 2))
     activations = [x]
     for i, (features, num_blocks, down) in enumerate(self.stages):
       names = iter(range(num_blocks + 1))

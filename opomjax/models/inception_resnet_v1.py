@@ -42,6 +42,7 @@ import numpy as np
 
 from opomjax import frame as frame_lib
 from opomjax.models import base
+from opomjax.models import pooling
 from opomjax.models import torch_convert
 from opomjax.models.iresnet import batch_norm, conv, conv_dropout, flatten_nhwc
 
@@ -67,7 +68,7 @@ FACENET_160 = mtcnn_frame(160, 14.0)
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """``nn.MaxPool2d(3, stride=2)`` (no padding, floor)."""
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+  return pooling.max_pool_2d(x, (3, 3), (2, 2))
 
 
 class BasicConv2d(nn.Module):

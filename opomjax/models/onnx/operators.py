@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from opomjax.models import depthwise
+from opomjax.models import pooling
 from opomjax.models.dropout import dfanet_dropout
 from opomjax.models.onnx import reading
 
@@ -460,7 +461,9 @@ def _pool(x, node, kind: str):
   wdil = (1, 1) + dilations
   if kind == "max":
     full = [(0, 0), (0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(pads, extra)]
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, wstrides, full, window_dilation=wdil)
+    if any(d != 1 for d in dilations):
+      return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, wstrides, full, window_dilation=wdil)
+    return pooling.max_pool(x, window, wstrides, full)
   # average: sum over the window divided by the number of counted positions
   full = [(0, 0), (0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(pads, extra)]
   total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, wstrides, full, window_dilation=wdil)

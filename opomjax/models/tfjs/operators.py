@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from opomjax.models import depthwise
+from opomjax.models import pooling
 from opomjax.models.dropout import dfanet_dropout
 from opomjax.models.tfjs import reading
 
@@ -307,7 +308,7 @@ def _pool(kind: str):
     window, wstrides = (1,) + kernel + (1,), (1,) + strides + (1,)
     full = [(0, 0)] + pads + [(0, 0)]
     if kind == "max":
-      return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, wstrides, full)
+      return pooling.max_pool(x, window, wstrides, full)
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, wstrides, full)
     count = jax.lax.reduce_window(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype), 0.0, jax.lax.add, window,
                                   wstrides, full)
