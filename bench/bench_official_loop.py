@@ -1,6 +1,6 @@
 """This project's mask loop against the official code's loop pattern, on the same IR-50, in one run.
 
-  .venv/bin/python bench/bench_official_loop.py [--n 10] [--steps 16] [--identities 1]
+  .venv/bin/python bench/bench_official_loop.py [--n 10] [--steps 16] [--identities 1] [--rounds 3]
 
 Needs the test extra (``torch==2.13.0``, ``cvxpy``). The official OPOM code (PyTorch) runs Alg. 1 for one
 identity as below, re-written here from the paper's Algorithm 1 as that code runs it (OPOM-ConvexHull, five
@@ -18,6 +18,11 @@ class-centre steps first, 16 steps, ε = 8, step 1):
 Against it: :func:`opomjax.generate_masks` on the JAX port of the same IR-50 (random weights, so the speeds
 compare and the values do not matter), one identity and ``--identities`` identities batched, after a
 compile-and-warm-up call (a run compiles once for all its groups). Threads: PyTorch uses every core, as XLA does.
+
+The two loops are timed alternately ``--rounds`` times in this one process (the order swapped every round), so
+that the machine's load falls on both alike: on a 2-core machine the same call of either loop varies by up to half
+from one call to the next (IR-50's 16 steps took 37 s and 55 s in consecutive calls of one process). The script
+prints every round, the medians and the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import statistics
 import sys
 import time
 
@@ -70,7 +76,10 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=16)
   parser.add_argument("--identities", type=int, default=1, help="identities batched in the JAX run")
   parser.add_argument("--frozen_weights", action="store_true", help="no weight gradients in the PyTorch loop")
+  parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the two loops")
   args = parser.parse_args(argv)
+  if min(args.n, args.steps, args.identities, args.rounds) < 1:
+    parser.error("--n, --steps, --identities and --rounds must be >= 1")
 
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -84,27 +93,37 @@ def main(argv=None) -> None:
   reference = tr.EvolveBackbone(50, "ir").eval()
   reference.requires_grad_(not args.frozen_weights)
   faces = rng.uniform(0, 255, (args.n, 3, 112, 112)).astype(np.float32)
-  official_loop(reference, faces[:2], 1)  # warm-up (allocator, thread pool)
-  start = time.perf_counter()
-  official_loop(reference, faces, args.steps)
-  official = time.perf_counter() - start
-  print(f"official loop pattern (PyTorch {torch.__version__}, cvxpy per sample per step, weight gradients "
-        f"{'off' if args.frozen_weights else 'on'}): {official:.1f} s per identity", flush=True)
-
   model = registry.load_model("ir50", allow_random_weights=True)
   images = jnp.asarray(rng.uniform(0, 255, (args.identities, args.n, 128, 128, 3)), jnp.float32)
-  run = lambda: jax.block_until_ready(opomjax.generate_masks(model.apply, images, params=model.params,
-                                                             method="opom-convex", key=jax.random.key(0),
-                                                             steps=args.steps))
+
+  def official():
+    official_loop(reference, faces, args.steps)
+
+  def ours():
+    jax.block_until_ready(opomjax.generate_masks(model.apply, images, params=model.params, method="opom-convex",
+                                                 key=jax.random.key(0), steps=args.steps))
+
+  official_loop(reference, faces[:2], 1)  # warm-up (allocator, thread pool)
   start = time.perf_counter()
-  run()
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  run()
-  ours = (time.perf_counter() - start) / args.identities
+  ours()
+  print(f"opomjax first call, compile included: {time.perf_counter() - start:.1f} s", flush=True)
+  times = {"official": [], "opomjax": []}
+  for r in range(args.rounds):
+    order = [("official", official), ("opomjax", ours)]
+    for name, loop in order if r % 2 == 0 else order[::-1]:
+      start = time.perf_counter()
+      loop()
+      times[name].append(time.perf_counter() - start)
+    print(f"round {r + 1}: official {times['official'][-1]:.1f} s, opomjax {times['opomjax'][-1]:.1f} s for "
+          f"{args.identities} identit{'y' if args.identities == 1 else 'ies'}", flush=True)
+  official_s = statistics.median(times["official"])
+  ours_s = statistics.median(times["opomjax"]) / args.identities
+  print(f"official loop pattern (PyTorch {torch.__version__}, cvxpy per sample per step, weight gradients "
+        f"{'off' if args.frozen_weights else 'on'}): median {official_s:.1f} s per identity")
   print(f"opomjax (jax {jax.__version__}), {args.identities} identit{'y' if args.identities == 1 else 'ies'} "
-        f"batched: {ours:.1f} s per identity (first call, compile included: {first:.1f} s)")
-  print(f"ratio official / opomjax: {official / ours:.2f}x")
+        f"batched: median {ours_s:.1f} s per identity")
+  print(f"ratio official / opomjax (medians of {args.rounds} alternating rounds): {official_s / ours_s:.2f}x; "
+        f"per round: {', '.join(f'{o / (m / args.identities):.2f}x' for o, m in zip(times['official'], times['opomjax']))}")
 
 
 if __name__ == "__main__":
