@@ -19,6 +19,7 @@ Models without registered weights run with random ones.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import statistics
@@ -44,6 +45,7 @@ def interleaved_gradients(name: str, n: int, rounds: int) -> dict:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from opomjax.models import pooling, registry  # pylint: disable=import-outside-toplevel
+  from bench.bench_models import alternating_seconds  # pylint: disable=import-outside-toplevel
 
   model = registry.load_model(name, allow_random_weights=True)
   images = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (n, 128, 128, 3)), jnp.float32)
@@ -52,15 +54,10 @@ def interleaved_gradients(name: str, n: int, rounds: int) -> dict:
   for v in VARIANTS:  # each traced and compiled under its own pooling, then kept
     if v == "select-and-scatter":
       _use_select_and_scatter()
-    fns[v] = jax.jit(jax.grad(lambda x, p, v=v: jnp.sum(model.apply(p, x))))
+    fns[v] = jax.jit(jax.grad(lambda x, p: jnp.sum(model.apply(p, x))))
     grads[v] = np.asarray(fns[v](images, model.params))
   pooling._valid_max_pool = library_pool  # pylint: disable=protected-access
-  times = {v: [] for v in VARIANTS}
-  for r in range(rounds):
-    for v in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
-      start = time.perf_counter()
-      jax.block_until_ready(fns[v](images, model.params))
-      times[v].append(time.perf_counter() - start)
+  times = alternating_seconds({v: functools.partial(fns[v], images, model.params) for v in VARIANTS}, rounds)
   return {"times": times, "grad_difference": float(np.max(np.abs(grads[VARIANTS[0]] - grads[VARIANTS[1]])))}
 
 

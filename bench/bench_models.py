@@ -48,6 +48,22 @@ def median_seconds(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
+def alternating_seconds(fns: dict, rounds: int, on_round=None) -> dict:
+  """Seconds of each already-warm callable in ``fns`` over ``rounds`` rounds, run alternately (the order reversed
+  every other round) so that the machine's load falls on all alike: ``{name: [seconds per round]}``.
+  ``on_round(r, times)`` is called after each round (e.g. to print it)."""
+  times = {name: [] for name in fns}
+  order = list(fns)
+  for r in range(rounds):
+    for name in order if r % 2 == 0 else order[::-1]:
+      start = time.perf_counter()
+      jax.block_until_ready(fns[name]())
+      times[name].append(time.perf_counter() - start)
+    if on_round is not None:
+      on_round(r, times)
+  return times
+
+
 def bench_model(name: str, batch: int, repeats: int) -> dict:
   model = registry.load_model(name, allow_random_weights=True)
   h, w = model.input_frame.size

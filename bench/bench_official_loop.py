@@ -87,6 +87,7 @@ def main(argv=None) -> None:
   import opomjax  # pylint: disable=import-outside-toplevel
   from opomjax.models import registry  # pylint: disable=import-outside-toplevel
   import torch_reference as tr  # pylint: disable=import-outside-toplevel
+  from bench.bench_models import alternating_seconds  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(os.cpu_count() or 1)
   rng = np.random.default_rng(0)
@@ -107,21 +108,15 @@ def main(argv=None) -> None:
   start = time.perf_counter()
   ours()
   print(f"opomjax first call, compile included: {time.perf_counter() - start:.1f} s", flush=True)
-  times = {"official": [], "opomjax": []}
-  for r in range(args.rounds):
-    order = [("official", official), ("opomjax", ours)]
-    for name, loop in order if r % 2 == 0 else order[::-1]:
-      start = time.perf_counter()
-      loop()
-      times[name].append(time.perf_counter() - start)
-    print(f"round {r + 1}: official {times['official'][-1]:.1f} s, opomjax {times['opomjax'][-1]:.1f} s for "
-          f"{args.identities} identit{'y' if args.identities == 1 else 'ies'}", flush=True)
+  identities = f"{args.identities} identit{'y' if args.identities == 1 else 'ies'}"
+  times = alternating_seconds({"official": official, "opomjax": ours}, args.rounds, on_round=lambda r, t: print(
+      f"round {r + 1}: official {t['official'][-1]:.1f} s, opomjax {t['opomjax'][-1]:.1f} s for {identities}",
+      flush=True))
   official_s = statistics.median(times["official"])
   ours_s = statistics.median(times["opomjax"]) / args.identities
   print(f"official loop pattern (PyTorch {torch.__version__}, cvxpy per sample per step, weight gradients "
         f"{'off' if args.frozen_weights else 'on'}): median {official_s:.1f} s per identity")
-  print(f"opomjax (jax {jax.__version__}), {args.identities} identit{'y' if args.identities == 1 else 'ies'} "
-        f"batched: median {ours_s:.1f} s per identity")
+  print(f"opomjax (jax {jax.__version__}), {identities} batched: median {ours_s:.1f} s per identity")
   print(f"ratio official / opomjax (medians of {args.rounds} alternating rounds): {official_s / ours_s:.2f}x; "
         f"per round: {', '.join(f'{o / (m / args.identities):.2f}x' for o, m in zip(times['official'], times['opomjax']))}")
 
