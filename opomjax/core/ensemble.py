@@ -92,7 +92,10 @@ def ensemble_embedding(embeddings: Sequence[jax.Array], weights: Sequence[float]
   The ascent follows the *sign* of the summed gradient, so a model whose gradients are larger steers it
   more. ``weights`` ``w_m`` (normalised to sum to 1) join :math:`z = [\\sqrt{w_1} e_1; \\dots;
   \\sqrt{w_M} e_M]`, still of unit norm, whose squared distances are :math:`\\sum_m w_m \\lVert \\hat e_m -
-  e'_m \\rVert^2`: the weighted average.
+  e'_m \\rVert^2`: the weighted average. Measured against the per-model objectives of
+  :func:`combine_member_gradients` (OPOM-ConvexHull on dlib + faceres + mobileface, 16 steps, 20 Privacy-LFW
+  identities; docs/results): SFace, unseen, 30.7 % Top-1 protection with the joined embedding against 39.3 %, dlib
+  as a member 83.5 against 94.5, so :func:`opomjax.generate_masks` joins gradients, not embeddings.
 
   Args:
     embeddings: ``M`` arrays ``(..., d_m)`` of unit embeddings of the same images.
