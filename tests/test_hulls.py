@@ -343,13 +343,46 @@ def lowered_text(lower, upper, solver, batch=(3,), n=5, m=4, d=16):
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("lower,upper", [(0.0, 1.0), (0.05, 0.3)])
-def test_box_solvers_call_no_lapack_kernel(lower, upper, solver):
+@pytest.mark.parametrize("lower,upper", [(0.0, 1.0), (0.05, 0.3), (-np.inf, np.inf)])
+def test_hull_solves_call_no_lapack_kernel(lower, upper, solver):
   """jaxlib 0.10's CPU LAPACK kernels block XLA pool threads on large batches, which deadlocks once as many
-  calls run at once as there are threads; the box-constrained solvers must not emit any of them."""
+  calls run at once as there are threads (an OPOM-AffineHull ensemble of three members hung that way with
+  ``jnp.linalg.svd``); neither the box-constrained solvers nor the affine closed form may emit any of them."""
   text = lowered_text(lower, upper, solver)
-  assert "while" in text  # the solver loop is there
+  assert "while" in text  # the solver loop (or the Jacobi sweeps of the affine closed form) is there
   assert "lapack" not in text.lower() and "custom_call" not in text
+
+
+@pytest.mark.parametrize(
+    "shape,rank", [((10, 128), 10), ((12, 4), 4), ((1, 8), 1), ((3, 5, 16), 5), ((7, 20), 3), ((2, 6, 6), 6)]
+)
+def test_jacobi_svd_matches_numpy(shape, rank):
+  """The plain-JAX SVD against NumPy's (LAPACK): the same singular values, orthonormal factors and the
+  matrix rebuilt, for tall, wide, single-row, batched and rank-deficient matrices."""
+  rng = np.random.default_rng(11)
+  matrix = rng.normal(size=shape[:-2] + (shape[-2], rank)) @ rng.normal(size=shape[:-2] + (rank, shape[-1]))
+  matrix = matrix.astype(np.float32)
+  w, s, vt = (np.asarray(x, np.float64) for x in jax.jit(hulls.jacobi_svd)(matrix))
+  r = min(shape[-2:])
+  assert w.shape == shape[:-1] + (r,) and s.shape == shape[:-2] + (r,) and vt.shape == shape[:-2] + (r, shape[-1])
+  expected = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
+  scale = expected[..., :1]
+  np.testing.assert_array_less(np.abs(s - expected) / scale, 2e-6)
+  assert np.all(np.diff(s, axis=-1) <= 0)  # descending, as LAPACK's
+  np.testing.assert_allclose(np.einsum("...nr,...r,...rd->...nd", w, s, vt), matrix, atol=2e-5 * scale.max())
+  kept = s > 1e-5 * scale  # the rows of V^T for (numerically) zero singular values carry no meaning
+  for batch in np.ndindex(shape[:-2]):
+    np.testing.assert_allclose(w[batch].T @ w[batch], np.eye(r), atol=2e-6)
+    v = vt[batch][kept[batch]]
+    np.testing.assert_allclose(v @ v.T, np.eye(len(v)), atol=2e-6)
+
+
+def test_jacobi_svd_in_float64_reaches_float64_accuracy():
+  matrix = np.random.default_rng(12).normal(size=(10, 128))
+  with jax.enable_x64(True):
+    w, s, vt = (np.asarray(x) for x in hulls.jacobi_svd(matrix))
+  np.testing.assert_allclose(s, np.linalg.svd(matrix, compute_uv=False), rtol=1e-13)
+  np.testing.assert_allclose((w * s) @ vt, matrix, atol=1e-13)
 
 
 def test_lu_solve_matches_numpy_and_needs_pivoting():

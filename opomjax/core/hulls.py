@@ -10,7 +10,7 @@ there is a *hull* parametrised by coefficients ``a`` that sum to one and lie in 
   \\qquad a^\\star(y) = \\arg\\min_{a} \\| a^\\top F - y \\|_2 .
 
 - ``L = -inf, U = inf``: the affine hull (Eq. 4-7), solved in closed form from the SVD basis of the centred
-  features.
+  features (:func:`jacobi_svd`, plain JAX).
 - ``L = U = 1/n``: the class centre (Eq. 10), ``a = 1/n``.
 - ``L = 0, U = 1``: the convex hull (Eq. 12-13).
 - other ``[L, U]``: the reduced convex hull (Eq. 9, 12).
@@ -30,13 +30,15 @@ JAX, batched with ``vmap`` over all leading axes and jittable, by one of two sol
 - ``"osqp"``: ``jaxopt.BoxOSQP`` (ADMM), equality and box in one constraint matrix, followed by the same
   projection and active-set step.
 
-No LAPACK call inside the solvers. Every matrix operation of the box-constrained solve (the KKT solves, the
-linear systems of OSQP, the Lipschitz constant of FISTA) is written in plain JAX operations
-(:func:`_lu_factor`, :func:`_lu_solve`, :func:`_max_eigenvalue_bound`) rather than ``jnp.linalg`` /
+No LAPACK call anywhere here. Every matrix operation of the box-constrained solve (the KKT solves, the
+linear systems of OSQP, the Lipschitz constant of FISTA) and the SVD of the affine closed form are written in
+plain JAX operations (:func:`_lu_factor`, :func:`_lu_solve`, :func:`_max_eigenvalue_bound`,
+:func:`jacobi_svd`) rather than ``jnp.linalg`` /
 ``jax.scipy.linalg``. On CPU those call jaxlib's LAPACK kernels, which in jaxlib 0.10.x split a large batch
 over XLA's intra-op thread pool and then *block* a pool thread until the pieces are done; once as many such
 calls run at the same time as the pool has threads (the three independent KKT solves of :func:`_polish`, the
-solves inside a batched OSQP loop, or one call per device when sharded) every pool thread waits for work
+solves inside a batched OSQP loop, the SVDs of an OPOM-AffineHull ensemble's three members, or one call per
+device when sharded) every pool thread waits for work
 that no thread is left to run, and the program hangs forever in ``block_until_ready``. In plain JAX the
 small dense solves are ordinary fused XLA operations, which never block a pool thread.
 
@@ -168,7 +170,7 @@ def _centred_svd(features: Array) -> tuple[Array, Array, Array, Array]:
   """Mean and thin SVD ``F - mu = W diag(s) V^T`` with the singular values below the rank threshold zeroed."""
   mean = class_center(features)
   centred = features - mean[..., None, :]
-  w, s, vt = jnp.linalg.svd(centred, full_matrices=False)
+  w, s, vt = jacobi_svd(centred)
   s = jnp.where(_rank_mask(s, centred.shape[-2:]), s, 0.0)
   return mean, w, s, vt
 
@@ -337,6 +339,88 @@ def _lu_solve(lu: Array, perm: Array, rhs: Array) -> Array:
 def _solve(a: Array, rhs: Array) -> Array:
   """``jnp.linalg.solve(a, rhs)`` for one square ``a (N, N)`` and ``rhs (N,)``, without LAPACK."""
   return _lu_solve(*_lu_factor(a), rhs)
+
+
+# Cap on the sweeps of :func:`jacobi_svd` (one-sided Jacobi converges quadratically: ~6-10 sweeps for a few
+# dozen rows in float32 or float64).
+_JACOBI_MAX_SWEEPS = 40
+
+
+def _jacobi_rotate_rows(rows: Array, left: Array, i: Array, j: Array, tiny: float):
+  """One Hestenes rotation making rows ``i`` and ``j`` of ``rows (n, d)`` orthogonal; the same rotation is
+  applied to columns ``i`` and ``j`` of ``left (n, n)``. Returns the new pair and ``|<r_i, r_j>| / (|r_i| |r_j|)``
+  before the rotation."""
+  r_i, r_j = rows[i], rows[j]
+  alpha, beta, gamma = jnp.sum(r_i * r_i), jnp.sum(r_j * r_j), jnp.sum(r_i * r_j)
+  scale = jnp.sqrt(alpha * beta)
+  rotate = jnp.abs(gamma) > tiny * scale
+  zeta = (beta - alpha) / (2.0 * jnp.where(rotate, gamma, 1.0))
+  t = jnp.where(zeta >= 0, 1.0, -1.0) / (jnp.abs(zeta) + jnp.sqrt(1.0 + zeta * zeta))
+  t = jnp.where(rotate, t, 0.0)
+  c = 1.0 / jnp.sqrt(1.0 + t * t)
+  s = c * t
+  rows = rows.at[i].set(c * r_i - s * r_j).at[j].set(s * r_i + c * r_j)
+  l_i, l_j = left[:, i], left[:, j]
+  left = left.at[:, i].set(c * l_i - s * l_j).at[:, j].set(s * l_i + c * l_j)
+  off = jnp.where(scale > 0, jnp.abs(gamma) / jnp.where(scale > 0, scale, 1.0), 0.0)
+  return rows, left, off
+
+
+def _jacobi_svd_single(matrix: Array) -> tuple[Array, Array, Array]:
+  """:func:`jacobi_svd` for one matrix ``(n, d)``."""
+  n, d = matrix.shape
+  pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+  pairs_i = jnp.asarray([i for i, _ in pairs], jnp.int32)
+  pairs_j = jnp.asarray([j for _, j in pairs], jnp.int32)
+  tiny = float(jnp.finfo(matrix.dtype).eps)
+
+  def sweep(state):
+    rows, left, _, count = state
+
+    def one(k, carry):
+      rows, left, off = carry
+      rows, left, pair_off = _jacobi_rotate_rows(rows, left, pairs_i[k], pairs_j[k], tiny)
+      return rows, left, jnp.maximum(off, pair_off)
+
+    rows, left, off = jax.lax.fori_loop(0, len(pairs_i), one, (rows, left, jnp.zeros((), matrix.dtype)))
+    return rows, left, off, count + 1
+
+  def unfinished(state):
+    return (state[2] > tiny) & (state[3] < _JACOBI_MAX_SWEEPS)
+
+  start = (matrix, jnp.eye(n, dtype=matrix.dtype), jnp.ones((), matrix.dtype), jnp.zeros((), jnp.int32))
+  rows, left, _, _ = jax.lax.while_loop(unfinished, sweep, start) if pairs else start
+  norms = jnp.sqrt(jnp.sum(rows * rows, axis=-1))
+  order = jnp.argsort(-norms)[: min(n, d)]
+  norms, rows, left = norms[order], rows[order], left[:, order]
+  vt = jnp.where(norms[:, None] > 0, rows / jnp.where(norms > 0, norms, 1.0)[:, None], 0.0)
+  return left, norms, vt
+
+
+def jacobi_svd(matrix: Array) -> tuple[Array, Array, Array]:
+  """Thin SVD ``matrix = W diag(s) V^T`` of ``(..., n, d)`` in plain JAX operations (no LAPACK kernel).
+
+  One-sided (Hestenes) Jacobi: pairs of rows are rotated until every pair is orthogonal to within the dtype's
+  epsilon (cyclic sweeps, at most ``_JACOBI_MAX_SWEEPS``); the rotations accumulate into ``W``, the row norms
+  are the singular values and the normalised rows the right singular vectors. The same factorisation as
+  ``jnp.linalg.svd(matrix, full_matrices=False)`` (``s`` descending, ``(W, V)`` up to the signs of their
+  columns, and any rotation within repeated singular values), to the relative accuracy of the entries — but
+  as ordinary XLA operations, so no CPU LAPACK kernel blocks a pool thread (see the module docstring). Meant
+  for the few photos of one person (``n`` small): ``n (n - 1) / 2`` rotations per sweep.
+
+  Returns:
+    ``(W (..., n, r), s (..., r), V^T (..., r, d))`` with ``r = min(n, d)``; a row of ``V^T`` whose singular
+    value is exactly 0 is 0.
+
+  Example:
+    >>> w, s, vt = jacobi_svd(jnp.array([[3.0, 0.0], [0.0, 4.0]]))
+    >>> s
+    Array([4., 3.], dtype=float32)
+  """
+  single = _jacobi_svd_single
+  for _ in range(matrix.ndim - 2):
+    single = jax.vmap(single)
+  return single(matrix)
 
 
 def _max_eigenvalue_bound(gram: Array) -> Array:
