@@ -647,7 +647,7 @@ def test_an_ensemble_of_surrogates_runs_records_its_members_and_weights(tmp_path
   single = runner.generate_all(toy_config(**plain), tmp_path / "single", protocol=toy_protocol())
   config = toy_config(surrogate="dlib_resnet,sface", ensemble_weights="1,0", **plain)
   pair = runner.generate_all(config, tmp_path / "pair", protocol=toy_protocol())
-  assert pair["fi-uap"].name == "fi-uap-dlib_resnet+sface"
+  assert pair["fi-uap"].name == "fi-uap-dlib_resnet+sface-weights1-0"  # unequal weights name the run
   _, meta = masks.load_identity_mask(pair["fi-uap"], "synthetic_0000")
   assert meta["settings"]["surrogate"] == "dlib_resnet,sface" and meta["settings"]["ensemble_weights"] == [1.0, 0.0]
   for name in ("synthetic_0000", "synthetic_0003"):
@@ -658,7 +658,8 @@ def test_an_ensemble_of_surrogates_runs_records_its_members_and_weights(tmp_path
   assert np.any(masks.load_identity_mask(equal["fi-uap"], "synthetic_0000")[0]
                 != masks.load_identity_mask(single["fi-uap"], "synthetic_0000")[0])
   rows = runner.evaluate_all(config, pair, tmp_path / "pair", protocol=toy_protocol())
-  assert {r["surrogate"] for r in rows} == {"dlib_resnet+sface"}
+  assert {r["surrogate"] for r in rows} == {"dlib_resnet+sface+weights1-0"}
+  assert all(reports.is_white_box("dlib_resnet+sface+weights1-0", t) for t in ("dlib_resnet", "sface_onnx"))
   assert reports.is_white_box("dlib_resnet+sface+mdfa", "sface_onnx")
   assert not reports.is_white_box("dlib_resnet+sface", "faceres")
   with pytest.raises(ValueError, match=r"config.ensemble_weights='1': weights must be 2"):
@@ -710,6 +711,16 @@ def test_dfanet_clean_once_reaches_generate_masks_is_recorded_and_names_the_run(
   assert "dfanet_clean_once" not in settings.mask_options(plain, "fi-uap")
   assert "dfanet_clean_once" not in settings.generation_settings(plain, "fi-uap")
   assert runner.run_name("fi-uap", plain) == runner.run_name("fi-uap", toy_config(dropout=0.0, momentum=0.0))
+
+
+def test_unequal_ensemble_weights_are_part_of_the_run_name():
+  """Masks of one ensemble with other member weights get their own folder and result row label; equal weights,
+  however written, name the run as no weights do."""
+  def name(weights):
+    return runner.run_name("fi-uap", toy_config(surrogate="dlib_resnet,sface", ensemble_weights=weights))
+  assert name("") == name("1,1") == name("3,3") == "fi-uap-dlib_resnet+sface-mdfa"
+  assert name("1,3") == name("2,6") == "fi-uap-dlib_resnet+sface-weights0.25-0.75-mdfa"
+  assert name("3,1") != name("1,3")
 
 
 @pytest.mark.parametrize("field,value,match", [

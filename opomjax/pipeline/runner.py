@@ -98,11 +98,14 @@ def uses_mdfa(config) -> bool:
 
 
 def variant_suffix(config, separator: str) -> str:
-  """``mdfa`` (momentum + DFANet), ``clean_once`` (DFANet's clean features taken once), ``eot`` (expectation over
-  transformation), each transfer technique that is on with its value (e.g. ``ti_width7``,
-  ``di_probability0.5``; a switch by its name alone, ``fill_budget``; :data:`settings.TRANSFER_OPTIONS`) and
-  ``guided`` (refined from earlier masks, ``mid_feature_guide``) joined by ``separator``."""
-  parts = ["mdfa"] * uses_mdfa(config) + ["clean_once"] * settings_lib.dfanet_clean_once(config)
+  """``weights0.25-0.5-0.25`` (an ensemble's unequal member weights, normalised), ``mdfa`` (momentum + DFANet),
+  ``clean_once`` (DFANet's clean features taken once), ``eot`` (expectation over transformation), each transfer
+  technique that is on with its value (e.g. ``ti_width7``, ``di_probability0.5``; a switch by its name alone,
+  ``fill_budget``; :data:`settings.TRANSFER_OPTIONS`) and ``guided`` (refined from earlier masks,
+  ``mid_feature_guide``) joined by ``separator``."""
+  weights = settings_lib.ensemble_weights(config)
+  parts = ["weights" + "-".join(f"{w:g}" for w in weights)] * (len(set(weights)) > 1)
+  parts += ["mdfa"] * uses_mdfa(config) + ["clean_once"] * settings_lib.dfanet_clean_once(config)
   parts += ["eot"] * bool(settings_lib.eot_channels(config))
   parts += [name if isinstance(value, bool) else f"{name}{value:g}"
             for name, value in settings_lib.transfer_options(config).items()]
