@@ -406,7 +406,8 @@ def jacobi_svd(matrix: Array) -> tuple[Array, Array, Array]:
   ``jnp.linalg.svd(matrix, full_matrices=False)`` (``s`` descending, ``(W, V)`` up to the signs of their
   columns, and any rotation within repeated singular values), to the relative accuracy of the entries — but
   as ordinary XLA operations, so no CPU LAPACK kernel blocks a pool thread (see the module docstring). Meant
-  for the few photos of one person (``n`` small): ``n (n - 1) / 2`` rotations per sweep.
+  for the few photos of one person (``n`` small): ``n (n - 1) / 2`` rotations per sweep. Not differentiable in
+  reverse mode (a ``while_loop``); the hull solves never need it, since their coefficients are constants.
 
   Returns:
     ``(W (..., n, r), s (..., r), V^T (..., r, d))`` with ``r = min(n, d)``; a row of ``V^T`` whose singular
