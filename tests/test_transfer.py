@@ -109,7 +109,8 @@ def test_photo_round_trip_keeps_as_much_of_a_mask_as_the_real_one(lfw_root):
     photo = faces.load_photo(path)
     aligned = faces.align_photo(photo, frame=frame_lib.CANONICAL)
     mask = rng.choice([-8.0, 8.0], size=aligned.chip.shape).astype(np.float32)
-    saved = channel.save_photo(faces.apply_mask_to_photo(photo, mask, aligned.transform), "photo_png")
+    saved = channel.save_photo(faces.apply_mask_to_photo(photo, mask, aligned.transform, insertion="sampled"),
+                               "photo_png")
     again = faces.align_photo(saved, frame=frame_lib.CANONICAL)
     arrived = np.asarray(again.chip, np.float32) - align.warp_to_frame(np.asarray(photo), again.transform)
     real.append(np.sqrt(np.mean(arrived ** 2)) / 8)

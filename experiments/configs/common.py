@@ -79,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   # What the probe goes through before a target embeds it (opomjax.faces.channel): "none" = saved as an 8-bit
   # photo; also jpeg90, jpeg75, jpeg50, resize0.5, blur, and "float" (unrounded, for comparison). Comma-separated.
   config.conditions = "none"
+  # How photo_png / photo_jpeg75 put the mask into each photo (opomjax.faces.apply_mask_to_photo): "sign" (the
+  # protect tool's way for masks made on chips), "fit" (least squares) or "sampled".
+  config.photo_insertion = "sign"
   config.feature_cache = ""  # default: <workdir>/features
   config.distributed = False  # multi-host: jax.distributed.initialize()
   config.coordinator_address = ""  # only for hand-started processes (e.g. two on localhost)

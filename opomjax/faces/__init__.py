@@ -12,6 +12,8 @@ Example:
 
 from opomjax.faces.align import (
     DEFAULT_MIN_FACE_SIZE,
+    MASK_INSERTION,
+    MASK_INSERTIONS,
     MASK_REFINE_STEPS,
     AlignedFace,
     NoFaceError,
@@ -22,6 +24,7 @@ from opomjax.faces.align import (
     frame_footprint,
     invert_transform,
     refine_insertion,
+    sign_insertion,
     similarity_transform,
     warp_from_frame,
     warp_to_frame,
@@ -33,6 +36,8 @@ from opomjax.faces.landmarks import CANONICAL_DLIB5_LANDMARKS, DlibLandmarks
 __all__ = [
     "CANONICAL_DLIB5_LANDMARKS",
     "DEFAULT_MIN_FACE_SIZE",
+    "MASK_INSERTION",
+    "MASK_INSERTIONS",
     "MASK_REFINE_STEPS",
     "AlignedFace",
     "Detection",
@@ -53,6 +58,7 @@ __all__ = [
     "nms",
     "read_photo",
     "refine_insertion",
+    "sign_insertion",
     "similarity_transform",
     "warp_from_frame",
     "warp_to_frame",

@@ -22,7 +22,7 @@ from opomjax import faces
 from opomjax.faces import channel
 
 
-def saved_photos(protocol, masks, lfw_dir, condition: str):
+def saved_photos(protocol, masks, lfw_dir, condition: str, *, insertion: str = faces.MASK_INSERTION):
   """The protected test photos of ``protocol`` as read back after saving under ``condition``, in the order of
   the flattened test chips: yields ``(row, photo)`` with ``photo`` ``(h, w, 3)`` uint8.
 
@@ -31,6 +31,7 @@ def saved_photos(protocol, masks, lfw_dir, condition: str):
     masks: ``(k, H, W, 3)`` float masks in the protocol's frame, one per identity (zeros: the photos unmasked).
     lfw_dir: the folder the test files are in.
     condition: a :data:`opomjax.faces.channel.PHOTO_CONDITIONS` name.
+    insertion: how each mask goes into its photo (:func:`opomjax.faces.apply_mask_to_photo`).
 
   Raises:
     ValueError: the protocol has no test files, shapes disagree, or an unknown condition.
@@ -52,7 +53,8 @@ def saved_photos(protocol, masks, lfw_dir, condition: str):
     for j in range(m):
       path = root / protocol.test_files[i][j]
       photo = faces.load_photo(path)
-      protected = faces.apply_mask_to_photo(photo, masks[i], _clean_transform(str(path), frame), frame=frame)
+      protected = faces.apply_mask_to_photo(photo, masks[i], _clean_transform(str(path), frame), frame=frame,
+                                            insertion=insertion)
       yield i * m + j, channel.save_photo(protected, condition)
 
 
@@ -63,7 +65,8 @@ def _clean_transform(path: str, frame) -> np.ndarray:
   return faces.align_photo(faces.load_photo(path), frame=frame).transform
 
 
-def realigned_chips(protocol, masks, lfw_dir, condition: str, *, desc: str | None = None):
+def realigned_chips(protocol, masks, lfw_dir, condition: str, *, insertion: str = faces.MASK_INSERTION,
+                    desc: str | None = None):
   """The chips a system finds in the protected, saved test photos of ``protocol`` (:func:`saved_photos`): the
   face detected and aligned again by the data set's pipeline (YuNet, dlib's 5 points, the canonical frame).
 
@@ -74,7 +77,7 @@ def realigned_chips(protocol, masks, lfw_dir, condition: str, *, desc: str | Non
   frame = _frame_of(protocol)
   chips = np.zeros((k * m,) + protocol.test.shape[2:], np.uint8)
   lost = np.zeros(k * m, bool)
-  photos = saved_photos(protocol, masks, lfw_dir, condition)
+  photos = saved_photos(protocol, masks, lfw_dir, condition, insertion=insertion)
   for row, saved in tqdm(photos, total=k * m, desc=desc, disable=desc is None, unit="photo", leave=False):
     try:
       chips[row] = channel.to_uint8(faces.align_photo(saved, frame=frame).chip)

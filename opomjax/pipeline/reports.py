@@ -27,8 +27,9 @@ SETTING_KEYS = (
 
 #: What the probes went through before the target embedded them (``opomjax.faces.channel``), and the protection
 #: success rate of the unmasked probes through the same channel. Rows written before conditions existed lack
-#: them: they were measured on float probes (condition ``float``). ``faces_lost``: photo conditions only.
-CONDITION_KEYS = ("condition", "channel_top1", "channel_top5", "faces_lost")
+#: them: they were measured on float probes (condition ``float``). ``faces_lost`` and ``insertion`` (how the masks
+#: went into the photos, :func:`opomjax.faces.apply_mask_to_photo`): photo conditions only.
+CONDITION_KEYS = ("condition", "channel_top1", "channel_top5", "faces_lost", "insertion")
 
 #: Columns of the results files, in order.
 RESULT_KEYS = ("method", "surrogate", "target", "condition") + SETTING_KEYS + METRIC_KEYS + CONDITION_KEYS[1:]

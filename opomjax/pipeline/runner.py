@@ -386,7 +386,7 @@ def result_row(config, protocol, method: str, target: str, condition: str, workd
                clean_rates: dict, channel_rates: dict, clean, masked, lost: int | None) -> dict:
   """One results row (``reports.RESULT_KEYS``): protection success rates of ``method``'s masks against
   ``target`` under ``condition`` (``rates``), of the clean and the unmasked-through-the-channel probes, the mean
-  cosines and the masks' generation time; ``faces_lost`` for photo conditions."""
+  cosines and the masks' generation time; ``faces_lost`` and ``insertion`` for photo conditions."""
   return dict(
       method=method, surrogate=settings_lib.surrogate_label(config) + variant_suffix(config, "+"), target=target,
       condition=condition,
@@ -398,7 +398,7 @@ def result_row(config, protocol, method: str, target: str, condition: str, workd
       channel_top5=float(channel_rates[5]) if 5 in channel_rates else None,
       cos_before=mean_pair_cosine(clean, clean), cos_after=mean_pair_cosine(masked, clean),
       seconds=generation_seconds(workdir),
-      **({} if lost is None else {"faces_lost": lost}))
+      **({} if lost is None else {"faces_lost": lost, "insertion": validate.photo_insertion(config)}))
 
 
 def photo_probes(config, protocol, workdirs: dict, conditions, *, show_progress=True) -> dict:
@@ -416,7 +416,8 @@ def photo_probes(config, protocol, workdirs: dict, conditions, *, show_progress=
   for condition in wanted:
     for method, masks in [(None, zeros)] + [(m, load_masks(w, protocol.names)) for m, w in workdirs.items()]:
       desc = f"{method or 'unmasked'} photos, {condition}" if show_progress else None
-      probes[(method, condition)] = photos_lib.realigned_chips(protocol, masks, lfw_dir, condition, desc=desc)
+      probes[(method, condition)] = photos_lib.realigned_chips(protocol, masks, lfw_dir, condition,
+                                                               insertion=validate.photo_insertion(config), desc=desc)
   return probes
 
 
@@ -430,7 +431,8 @@ def evaluate(config, protocol, workdirs: dict, cache: features_lib.FeatureCache,
   ``channel_top1/5``: the protection success rate of the *unmasked* probes through the same channel (what the
   channel alone does; the clean rate for ``none`` and ``float``). The gallery and distractors stay clean. Photo
   conditions add ``faces_lost``: test photos in which no face was found any more; such a probe matches nothing
-  (a zero feature) and counts as protected.
+  (a zero feature) and counts as protected; and ``insertion``: how the masks went into the photos
+  (``config.photo_insertion``).
   """
   rows = []
   k, m = protocol.test.shape[:2]
@@ -513,7 +515,8 @@ def dlib_native_rows(config, protocol, workdirs: dict, cache: features_lib.Featu
   rows = []
   for condition in (c for c in conditions if c in channel_lib.PHOTO_CONDITIONS):
     def probes(masks, what):
-      photos = [photo for _, photo in photos_lib.saved_photos(protocol, masks, lfw_dir, condition)]
+      photos = [photo for _, photo in photos_lib.saved_photos(protocol, masks, lfw_dir, condition,
+                                                              insertion=validate.photo_insertion(config))]
       chips, lost = native.chips(photos, fallback=False, desc=desc(what))
       return native.describe_chips(chips).reshape(k, m, -1), int(lost.sum())
 

@@ -166,6 +166,7 @@ def check_config(config, workdir: str | os.PathLike, *, targets: bool = True, da
     if not names:
       raise ValueError("config.targets is empty; name at least one model to evaluate against")
     checked = conditions(config)
+    photo_insertion(config)
     for name in names:
       if name == DLIB_NATIVE:
         if not set(checked) & set(channel.PHOTO_CONDITIONS):
@@ -241,6 +242,17 @@ def conditions(config) -> tuple[str, ...]:
     raise ValueError(f"config.conditions: {', '.join(photo)} put the mask into the original photos; the synthetic "
                      "data set has none")
   return names
+
+
+def photo_insertion(config) -> str:
+  """``config.photo_insertion``: how the photo conditions put each mask into its photo
+  (:data:`opomjax.faces.MASK_INSERTIONS`; default :data:`opomjax.faces.MASK_INSERTION`)."""
+  from opomjax.faces import align  # pylint: disable=g-import-not-at-top
+
+  name = config.get("photo_insertion", align.MASK_INSERTION)
+  if name not in align.MASK_INSERTIONS:
+    raise ValueError(f"config.photo_insertion must be one of {', '.join(align.MASK_INSERTIONS)}; got {name!r}")
+  return name
 
 
 def check_reduced_hull(config, methods, images_per_identity: int) -> None:

@@ -49,7 +49,7 @@ _EXPORTS = {
     "load_surrogates": "opomjax.protect.photos",
     "protect_photos": "opomjax.protect.photos",
     "read_photos": "opomjax.protect.photos",
-    "refine_steps_for": "opomjax.protect.photos",
+    "insertion_for": "opomjax.protect.photos",
     # measurement
     "MATCH_THRESHOLDS": "opomjax.protect.measure",
     "TargetSimilarity": "opomjax.protect.measure",

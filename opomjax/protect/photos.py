@@ -570,19 +570,19 @@ def protect_photos(photos, *, surrogates: Sequence[Surrogate] = DEFAULT_SURROGAT
                           trace=trace, metadata=metadata, choices=choices, originals=loaded)
 
 
-def refine_steps_for(metadata: Mapping[str, Any]) -> int:
-  """How many :func:`opomjax.faces.refine_insertion` steps put a mask with this metadata into a photo: none for a
-  mask optimised through the photo round trip (``roundtrip`` true: it was optimised as the sampled insertion
-  delivers it), :data:`opomjax.faces.MASK_REFINE_STEPS` otherwise."""
-  return 0 if metadata.get("roundtrip") else faces_lib.MASK_REFINE_STEPS
+def insertion_for(metadata: Mapping[str, Any]) -> str:
+  """How a mask with this metadata goes into a photo (:func:`opomjax.faces.apply_mask_to_photo`'s ``insertion``):
+  ``"sampled"`` for a mask optimised through the photo round trip (``roundtrip`` true: it was optimised as the
+  sampled insertion delivers it), :data:`opomjax.faces.MASK_INSERTION` otherwise."""
+  return "sampled" if metadata.get("roundtrip") else faces_lib.MASK_INSERTION
 
 
 def _apply(photos: Sequence[faces_lib.Photo], found: Sequence[faces_lib.AlignedFace | None], mask: np.ndarray,
            metadata: Mapping[str, Any]) -> list[np.ndarray]:
-  feather, refine_steps = float(metadata["feather"]), refine_steps_for(metadata)
+  feather, insertion = float(metadata["feather"]), insertion_for(metadata)
   return [photo.pixels if face is None else
           faces_lib.apply_mask_to_photo(photo.pixels, mask, face.transform, frame=CANONICAL, feather=feather,
-                                        refine_steps=refine_steps)
+                                        insertion=insertion)
           for photo, face in zip(photos, found)]
 
 

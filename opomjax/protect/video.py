@@ -591,7 +591,7 @@ def protect_video(video: str | os.PathLike, mask, out: str | os.PathLike, *, fac
   from tqdm import tqdm
 
   feather = float(metadata.get("feather", 0.0) if feather is None else feather)
-  refine_steps = photos_lib.refine_steps_for(metadata)
+  insertion = photos_lib.insertion_for(metadata)
   min_face_size = faces_lib.DEFAULT_MIN_FACE_SIZE if min_face_size is None else float(min_face_size)
   max_gap = int(round(float(info.fps) / 2)) if max_gap is None else int(max_gap)
 
@@ -617,7 +617,7 @@ def protect_video(video: str | os.PathLike, mask, out: str | os.PathLike, *, fac
     if started:
       starts.append(dict(frame=index, face=k + 1, faces=len(found)))
     return faces_lib.apply_mask_to_photo(frame, mask, found[k].transform, frame=CANONICAL, feather=feather,
-                                         refine_steps=refine_steps), None
+                                         insertion=insertion), None
 
   starts: list[dict[str, Any]] = []
   if show_progress:
