@@ -417,17 +417,16 @@ def apply_mask_to_photo(photo, mask, transform, *, frame: Frame = CANONICAL,
   samples = photo[..., None] if photo.ndim == 2 else photo
   target = protected[..., None] if photo.ndim == 2 else protected
   window = samples[footprint.rows, footprint.cols, :colour].astype(np.float32)
+  seen = mask if isinstance(region, str) else mask * region[..., None]  # what the cut should carry
+  bound = float(np.abs(mask).max()) * weights[..., None]
+  lower, upper = np.maximum(-bound, -window), np.minimum(bound, top - window)
   if insertion == "sign":
-    bound = float(np.abs(mask).max()) * weights[..., None]
-    values = sign_insertion(mask if isinstance(region, str) else mask * region[..., None], footprint.transform(transform),
-                            lower=np.maximum(-bound, -window), upper=np.minimum(bound, top - window))
+    values = sign_insertion(seen, footprint.transform(transform), lower=lower, upper=upper)
   else:
     values = footprint.sample(transform, mask, sampling) * weights[..., None]
   if insertion == "fit":
-    seen = mask if isinstance(region, str) else mask * region[..., None]
-    bound = float(np.abs(mask).max()) * weights[..., None]
     values = refine_insertion(values, seen, footprint.transform(transform), frame, steps=MASK_REFINE_STEPS,
-                              lower=np.maximum(-bound, -window), upper=np.minimum(bound, top - window))
+                              lower=lower, upper=upper)
   target[footprint.rows, footprint.cols, :colour] = np.rint(np.clip(window + values, 0, top)).astype(photo.dtype)
   return protected
 
